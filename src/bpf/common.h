@@ -1,0 +1,100 @@
+/* Shared by every sonde probe: config-driven filters, the event ring buffer
+ * and the kernel-side count of events the ring had no room for. */
+#pragma once
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#define TASK_COMM_LEN 16
+#define MAX_COMM_FILTERS 8
+
+/* Written by user space before load (.rodata), so the verifier sees them as
+ * constants and dead branches cost nothing. */
+const volatile __u32 filter_tgid = 0;      /* 0: any process */
+const volatile __u32 ignore_tgid = 0;      /* the agent itself */
+const volatile __u32 filter_comm_count = 0;
+const volatile char filter_comms[MAX_COMM_FILTERS][TASK_COMM_LEN] = {};
+/* Wake the reader only once this many bytes wait in the ring; 0 wakes it on
+ * every event. The reader also drains the ring on a timer, so nothing waits
+ * longer than one poll interval. */
+const volatile __u64 wakeup_bytes = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024); /* resized from config before load */
+} events SEC(".maps");
+
+/* Events the ring had no room for: received + lost == produced. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+static __always_inline bool comm_equal(const char *a, const volatile char *b)
+{
+	for (int i = 0; i < TASK_COMM_LEN; i++) {
+		if (a[i] != b[i])
+			return false;
+		if (a[i] == '\0')
+			return true;
+	}
+	return true;
+}
+
+/* Whether the current task passes the configured filters; fills comm. */
+static __always_inline bool task_wanted(char comm[TASK_COMM_LEN])
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (ignore_tgid && tgid == ignore_tgid)
+		return false;
+	if (filter_tgid && tgid != filter_tgid)
+		return false;
+	bpf_get_current_comm(comm, TASK_COMM_LEN);
+	if (!filter_comm_count)
+		return true;
+	for (__u32 i = 0; i < MAX_COMM_FILTERS && i < filter_comm_count; i++) {
+		if (comm_equal(comm, filter_comms[i]))
+			return true;
+	}
+	return false;
+}
+
+/* Cheaper variant for hooks that only need the pid filters. */
+static __always_inline bool tgid_wanted(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (ignore_tgid && tgid == ignore_tgid)
+		return false;
+	return !filter_tgid || tgid == filter_tgid;
+}
+
+static __always_inline void *event_reserve(__u64 size)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+
+		if (count)
+			*count += 1; /* per-CPU slot: no atomics needed */
+	}
+	return e;
+}
+
+static __always_inline void event_submit(void *e)
+{
+	__u64 flags = 0;
+
+	if (wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) < wakeup_bytes)
+		flags = BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+#define reserve_event(type) ((type *)event_reserve(sizeof(type)))

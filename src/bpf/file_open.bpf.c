@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: GPL-2.0
+/* file_open: openat() calls with their result and latency, entry and exit
+ * paired by thread id. */
+#include "common.h"
+
+struct event {
+	char comm[TASK_COMM_LEN];
+	__u64 duration_ns;
+	__s32 ret; /* fd, or -errno */
+};
+
+const volatile struct event event_type = {};
+
+/* LRU so that a thread killed inside openat() cannot leak its entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} start SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int handle_openat_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	char comm[TASK_COMM_LEN];
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 ts;
+
+	if (!task_wanted(comm))
+		return 0;
+	ts = bpf_ktime_get_ns();
+	bpf_map_update_elem(&start, &tid, &ts, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int handle_openat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct event *e;
+	__u64 *ts;
+
+	ts = bpf_map_lookup_elem(&start, &tid);
+	if (!ts)
+		return 0;
+	e = reserve_event(struct event);
+	if (e) {
+		bpf_get_current_comm(e->comm, TASK_COMM_LEN);
+		e->duration_ns = bpf_ktime_get_ns() - *ts;
+		e->ret = (__s32)ctx->ret;
+		event_submit(e);
+	}
+	bpf_map_delete_elem(&start, &tid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: GPL-2.0
+/* vfs_io: vfs_read()/vfs_write() calls and the bytes they moved, seen on
+ * return. Two hook sets carry the same logic: kretprobes, and fexit for
+ * kernels without kprobes; user space loads exactly one of them. */
+#include "common.h"
+
+enum vfs_op {
+	VFS_OP_READ = 0,
+	VFS_OP_WRITE = 1,
+};
+
+struct event {
+	char comm[TASK_COMM_LEN];
+	__s64 ret; /* bytes moved, or -errno */
+	__u32 op;  /* enum vfs_op */
+};
+
+const volatile struct event event_type = {};
+const volatile enum vfs_op op_type = VFS_OP_READ;
+
+static __always_inline int emit(enum vfs_op op, long ret)
+{
+	char comm[TASK_COMM_LEN];
+	struct event *e;
+
+	if (!task_wanted(comm))
+		return 0;
+	e = reserve_event(struct event);
+	if (!e)
+		return 0;
+	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
+	e->ret = ret;
+	e->op = op;
+	event_submit(e);
+	return 0;
+}
+
+SEC("kretprobe/vfs_read")
+int BPF_KRETPROBE(kretprobe_vfs_read, long ret)
+{
+	return emit(VFS_OP_READ, ret);
+}
+
+SEC("kretprobe/vfs_write")
+int BPF_KRETPROBE(kretprobe_vfs_write, long ret)
+{
+	return emit(VFS_OP_WRITE, ret);
+}
+
+SEC("fexit/vfs_read")
+int BPF_PROG(fexit_vfs_read, struct file *file, char *buf, size_t count, loff_t *pos, long ret)
+{
+	return emit(VFS_OP_READ, ret);
+}
+
+SEC("fexit/vfs_write")
+int BPF_PROG(fexit_vfs_write, struct file *file, const char *buf, size_t count, loff_t *pos,
+	     long ret)
+{
+	return emit(VFS_OP_WRITE, ret);
+}
+
+char LICENSE[] SEC("license") = "GPL";

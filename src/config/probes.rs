@@ -1,0 +1,418 @@
+//! The `probes:` mapping: probe names, their labels, filters and options,
+//! checked against the probe registry while the YAML is being read.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::scalar::{int_in, scalar, Scalar};
+use super::{Buckets, Filter, HookChoice, ProbeConfig};
+use crate::probes::{self, HookKind, ProbeSpec};
+
+/// Longest comm the kernel stores, without its NUL.
+const COMM_MAX: usize = 15;
+/// Comm filters the BPF side has room for (`MAX_COMM_FILTERS` in common.h).
+pub const MAX_COMM_FILTERS: usize = 8;
+
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ProbeConfig>, D::Error> {
+    d.deserialize_map(ProbesVisitor)
+}
+
+struct ProbesVisitor;
+
+impl<'de> Visitor<'de> for ProbesVisitor {
+    type Value = Vec<ProbeConfig>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping from probe name to its settings")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: Vec<ProbeConfig> = Vec::new();
+        while let Some(spec) = map.next_key_seed(ProbeName { seen: &out })? {
+            let config = map.next_value_seed(Settings { spec })?;
+            out.push(config);
+        }
+        Ok(out)
+    }
+}
+
+/// A probe name: known to the registry and not configured twice.
+struct ProbeName<'a> {
+    seen: &'a [ProbeConfig],
+}
+
+impl<'de> DeserializeSeed<'de> for ProbeName<'_> {
+    type Value = &'static ProbeSpec;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        scalar(d, "a probe name", |v| {
+            let Scalar::Str(name) = v else {
+                return Err(format!("expected a probe name, found {v}"));
+            };
+            let spec = probes::find(name)
+                .ok_or_else(|| format!("unknown probe `{name}`; known probes: {}", probes::names().join(", ")))?;
+            if self.seen.iter().any(|c| c.spec.name == name) {
+                return Err(format!("probe `{name}` is configured twice"));
+            }
+            Ok(spec)
+        })
+    }
+}
+
+struct Settings {
+    spec: &'static ProbeSpec,
+}
+
+impl<'de> DeserializeSeed<'de> for Settings {
+    type Value = ProbeConfig;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ProbeConfig, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Settings {
+    type Value = ProbeConfig;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "settings for probe `{}` (a mapping, or empty)", self.spec.name)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<ProbeConfig, E> {
+        Ok(ProbeConfig::defaults(self.spec))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProbeConfig, A::Error> {
+        let spec = self.spec;
+        let mut config = ProbeConfig::defaults(spec);
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key_seed(SettingKey { spec, seen: &seen })? {
+            seen.insert(key);
+            match key {
+                "labels" => config.labels = map.next_value_seed(Labels { spec })?,
+                "filter" => config.filter = map.next_value_seed(FilterSeed)?,
+                "buckets" => config.buckets = map.next_value_seed(BucketsSeed)?,
+                "hook" => config.hook = map.next_value_seed(Hook { spec })?,
+                _ => unreachable!("SettingKey only yields keys listed in settings_keys"),
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// The keys a probe's settings accept: every probe takes labels and filter;
+/// histogram probes take buckets; probes with alternative hooks take hook.
+fn settings_keys(spec: &ProbeSpec) -> Vec<&'static str> {
+    let mut keys = vec!["labels", "filter"];
+    if spec.has_histogram() {
+        keys.push("buckets");
+    }
+    if spec.hooks.len() > 1 {
+        keys.push("hook");
+    }
+    keys
+}
+
+struct SettingKey<'a> {
+    spec: &'static ProbeSpec,
+    seen: &'a BTreeSet<&'static str>,
+}
+
+impl<'de> DeserializeSeed<'de> for SettingKey<'_> {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        let keys = settings_keys(self.spec);
+        scalar(d, "a setting name", |v| {
+            let Scalar::Str(name) = v else {
+                return Err(format!("expected a setting name, found {v}"));
+            };
+            let key = keys.iter().copied().find(|k| *k == name).ok_or_else(|| {
+                format!("unknown setting `{name}` for probe `{}`; expected one of: {}", self.spec.name, keys.join(", "))
+            })?;
+            if self.seen.contains(key) {
+                return Err(format!("duplicate setting `{key}`"));
+            }
+            Ok(key)
+        })
+    }
+}
+
+struct Labels {
+    spec: &'static ProbeSpec,
+}
+
+impl<'de> DeserializeSeed<'de> for Labels {
+    type Value = Vec<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Labels {
+    type Value = Vec<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a list of labels from: {}", self.spec.labels.join(", "))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut labels: Vec<&'static str> = Vec::new();
+        while let Some(label) = seq.next_element_seed(LabelName { spec: self.spec, seen: &labels })? {
+            labels.push(label);
+        }
+        Ok(labels)
+    }
+}
+
+struct LabelName<'a> {
+    spec: &'static ProbeSpec,
+    seen: &'a [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for LabelName<'_> {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        scalar(d, "a label name", |v| {
+            let Scalar::Str(name) = v else {
+                return Err(format!("expected a label name, found {v}"));
+            };
+            let label = self.spec.labels.iter().copied().find(|l| *l == name).ok_or_else(|| {
+                format!(
+                    "probe `{}` has no label `{name}`; it can carry: {}",
+                    self.spec.name,
+                    self.spec.labels.join(", ")
+                )
+            })?;
+            if self.seen.contains(&label) {
+                return Err(format!("label `{label}` is listed twice"));
+            }
+            Ok(label)
+        })
+    }
+}
+
+struct FilterSeed;
+
+impl<'de> DeserializeSeed<'de> for FilterSeed {
+    type Value = Filter;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Filter, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FilterSeed {
+    type Value = Filter;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a filter mapping with `comm` and/or `pid`")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Filter, E> {
+        Ok(Filter::default())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Filter, A::Error> {
+        const KEYS: &[&str] = &["comm", "pid"];
+        let mut filter = Filter::default();
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key_seed(OneOf { keys: KEYS, what: "filter", seen: &seen })? {
+            seen.insert(key);
+            match key {
+                "comm" => filter.comm = map.next_value_seed(CommList)?,
+                "pid" => filter.pid = map.next_value_seed(Pid)?,
+                _ => unreachable!("OneOf only yields KEYS"),
+            }
+        }
+        Ok(filter)
+    }
+}
+
+/// A key from a fixed list, not repeated.
+struct OneOf<'a> {
+    keys: &'static [&'static str],
+    what: &'static str,
+    seen: &'a BTreeSet<&'static str>,
+}
+
+impl<'de> DeserializeSeed<'de> for OneOf<'_> {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        scalar(d, "a key", |v| {
+            let Scalar::Str(name) = v else {
+                return Err(format!("expected a key, found {v}"));
+            };
+            let key = self.keys.iter().copied().find(|k| *k == name).ok_or_else(|| {
+                format!("unknown {} key `{name}`; expected one of: {}", self.what, self.keys.join(", "))
+            })?;
+            if self.seen.contains(key) {
+                return Err(format!("duplicate key `{key}`"));
+            }
+            Ok(key)
+        })
+    }
+}
+
+struct Pid;
+
+impl<'de> DeserializeSeed<'de> for Pid {
+    type Value = Option<u32>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u32>, D::Error> {
+        // pid 0 is the idle task: never a useful filter, so it is refused.
+        int_in(d, 1, u64::from(u32::MAX)).map(|pid| Some(pid as u32))
+    }
+}
+
+struct CommList;
+
+impl<'de> DeserializeSeed<'de> for CommList {
+    type Value = Vec<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CommList {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a list of at most {MAX_COMM_FILTERS} process names (comm)")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut comms: Vec<String> = Vec::new();
+        while let Some(comm) = seq.next_element_seed(Comm { count: comms.len() })? {
+            if comms.contains(&comm) {
+                return Err(de::Error::custom(format!("comm `{comm}` is listed twice")));
+            }
+            comms.push(comm);
+        }
+        Ok(comms)
+    }
+}
+
+struct Comm {
+    count: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Comm {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        scalar(d, "a process name", |v| {
+            let Scalar::Str(comm) = v else {
+                return Err(format!("expected a process name, found {v}"));
+            };
+            if self.count >= MAX_COMM_FILTERS {
+                return Err(format!("at most {MAX_COMM_FILTERS} comm filters are supported"));
+            }
+            if comm.is_empty() || comm.len() > COMM_MAX || comm.contains('\0') {
+                return Err(format!(
+                    "comm `{comm}` must be 1 to {COMM_MAX} bytes: the kernel truncates process names to {COMM_MAX}"
+                ));
+            }
+            Ok(comm.to_string())
+        })
+    }
+}
+
+struct Hook {
+    spec: &'static ProbeSpec,
+}
+
+impl<'de> DeserializeSeed<'de> for Hook {
+    type Value = HookChoice;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<HookChoice, D::Error> {
+        let spec = self.spec;
+        scalar(d, "a hook kind", |v| {
+            let choices: Vec<&str> = std::iter::once("auto").chain(spec.hooks.iter().map(|h| h.kind.name())).collect();
+            let bad = || format!("unknown hook {v} for probe `{}`; expected one of: {}", spec.name, choices.join(", "));
+            let Scalar::Str(name) = v else { return Err(bad()) };
+            if name == "auto" {
+                return Ok(HookChoice::Auto);
+            }
+            spec.hooks
+                .iter()
+                .map(|h| h.kind)
+                .find(|k: &HookKind| k.name() == name)
+                .map(HookChoice::Only)
+                .ok_or_else(bad)
+        })
+    }
+}
+
+struct BucketsSeed;
+
+impl<'de> DeserializeSeed<'de> for BucketsSeed {
+    type Value = Buckets;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Buckets, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BucketsSeed {
+    type Value = Buckets;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("`exp2` or a list of increasing upper bounds in seconds")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Buckets, E> {
+        match v {
+            "exp2" => Ok(Buckets::Exp2),
+            other => Err(E::custom(format!(
+                "unknown bucket layout `{other}`: expected `exp2` or a list of upper bounds in seconds"
+            ))),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buckets, A::Error> {
+        let mut bounds: Vec<f64> = Vec::new();
+        while let Some(bound) = seq.next_element_seed(Bound { previous: bounds.last().copied() })? {
+            bounds.push(bound);
+        }
+        if bounds.is_empty() {
+            return Err(de::Error::custom("a bucket list needs at least one upper bound"));
+        }
+        Ok(Buckets::Explicit(bounds))
+    }
+}
+
+struct Bound {
+    previous: Option<f64>,
+}
+
+impl<'de> DeserializeSeed<'de> for Bound {
+    type Value = f64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<f64, D::Error> {
+        scalar(d, "a number of seconds", |v| {
+            let x = match v {
+                Scalar::Int(i) => i as f64,
+                Scalar::Float(x) => x,
+                other => return Err(format!("expected a number of seconds, found {other}")),
+            };
+            if !(x.is_finite() && x > 0.0) {
+                return Err(format!("bucket bound {x} must be a positive number of seconds"));
+            }
+            match self.previous {
+                Some(p) if x <= p => Err(format!("bucket bounds must increase: {x} follows {p}")),
+                _ => Ok(x),
+            }
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! Deserializers that validate a value while serde_yaml still points at it,
+//! so that a bad value is reported at its own line and column rather than
+//! at the start of the mapping that holds it.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserializer, Visitor};
+
+/// A YAML scalar as the config sees it.
+pub enum Scalar<'a> {
+    Str(&'a str),
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+}
+
+impl fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Str(s) => write!(f, "`{s}`"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// Deserializes one scalar and hands it to `parse`; an `Err(message)` from
+/// `parse` becomes a located config error.
+pub fn scalar<'de, D, T, F>(deserializer: D, expecting: &'static str, parse: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(Scalar<'_>) -> Result<T, String>,
+{
+    deserializer.deserialize_any(ScalarVisitor { expecting, parse, out: PhantomData })
+}
+
+struct ScalarVisitor<F, T> {
+    expecting: &'static str,
+    parse: F,
+    out: PhantomData<T>,
+}
+
+impl<F, T> ScalarVisitor<F, T>
+where
+    F: FnOnce(Scalar<'_>) -> Result<T, String>,
+{
+    fn run<E: de::Error>(self, value: Scalar<'_>) -> Result<T, E> {
+        (self.parse)(value).map_err(E::custom)
+    }
+}
+
+impl<'de, F, T> Visitor<'de> for ScalarVisitor<F, T>
+where
+    F: FnOnce(Scalar<'_>) -> Result<T, String>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        self.run(Scalar::Str(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        self.run(Scalar::Int(v.into()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        self.run(Scalar::Int(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        self.run(Scalar::Float(v))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        self.run(Scalar::Bool(v))
+    }
+}
+
+/// An integer within `min..=max`.
+pub fn int_in<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<u64, D::Error> {
+    scalar(d, "an integer", |v| match v {
+        Scalar::Int(i) if i >= min.into() && i <= max.into() => Ok(i as u64),
+        Scalar::Int(i) => Err(format!("{i} is out of range: expected {min}..={max}")),
+        other => Err(format!("expected an integer, found {other}")),
+    })
+}
+
+/// A string.
+pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    scalar(d, "a string", |v| match v {
+        Scalar::Str(s) => Ok(s.to_string()),
+        other => Err(format!("expected a string, found {other}")),
+    })
+}
+
+/// Prometheus metric and label names: `[a-zA-Z_][a-zA-Z0-9_]*` (metric
+/// names may also hold `:`).
+pub fn is_metric_name(s: &str, allow_colon: bool) -> bool {
+    let ok = |c: char, first: bool| {
+        c.is_ascii_alphabetic() || c == '_' || (allow_colon && c == ':') || (!first && c.is_ascii_digit())
+    };
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if ok(c, true)) && chars.all(|c| ok(c, false))
+}

@@ -1,0 +1,249 @@
+//! Opening, loading and attaching one probe's BPF programs: the steps every
+//! probe shares, generic over its generated skeleton. The skeleton lives
+//! only for the duration of a load; what outlives it (links, map and
+//! program handles) owns its own file descriptors.
+
+pub mod verifier_log;
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapHandle, OpenObject};
+
+use crate::config::{Filter, HookChoice, ProbeConfig, RingBufferConfig, MAX_COMM_FILTERS};
+use crate::probes::{HookKind, HookSpec, Probe};
+
+/// What every load needs besides the probe's own config.
+#[derive(Debug, Clone)]
+pub struct LoadContext {
+    pub ring: RingBufferConfig,
+    /// The agent's own process, whose events are never produced.
+    pub self_tgid: u32,
+}
+
+/// A probe whose programs are loaded and attached.
+pub struct Loaded {
+    pub hook: HookKind,
+    /// Dropping these detaches the programs.
+    pub links: Vec<Link>,
+    pub events: MapHandle,
+    pub lost: MapHandle,
+    pub programs: Vec<LoadedProgram>,
+}
+
+pub struct LoadedProgram {
+    pub name: String,
+    pub fd: OwnedFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("opening the BPF object failed: {0}")]
+    Open(#[source] libbpf_rs::Error),
+    #[error("the BPF object has no `{0}`")]
+    Missing(&'static str),
+    #[error("loading failed: {source}{}", detail_suffix(.detail))]
+    Load {
+        #[source]
+        source: libbpf_rs::Error,
+        detail: String,
+        verifier_log: String,
+    },
+    #[error("attaching {program} to {kind} {target} failed: {source}{}", detail_suffix(.detail))]
+    Attach {
+        program: &'static str,
+        kind: &'static str,
+        target: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+        detail: String,
+    },
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({detail})")
+    }
+}
+
+/// libbpf's own words for a failure, if it said any.
+fn detail(log: &str) -> String {
+    verifier_log::reason(log).unwrap_or_default().to_string()
+}
+
+impl LoadError {
+    /// The lifecycle stage that failed, as reported in metrics.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            LoadError::Open(_) | LoadError::Missing(_) => "open",
+            LoadError::Load { .. } => "load",
+            LoadError::Attach { .. } => "attach",
+        }
+    }
+
+    pub fn verifier_log(&self) -> Option<&str> {
+        match self {
+            LoadError::Load { verifier_log, .. } if !verifier_log.is_empty() => Some(verifier_log),
+            _ => None,
+        }
+    }
+}
+
+/// Every hook tried for a probe, and why each failed.
+#[derive(Debug)]
+pub struct ProbeFailure {
+    pub attempts: Vec<(HookKind, LoadError)>,
+}
+
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (kind, err)) in self.attempts.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {err}", kind.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads `probe` with the configured hook, or with the first of its hooks
+/// that works when the choice is `auto`.
+pub fn load_probe(probe: &Probe, config: &ProbeConfig, ctx: &LoadContext) -> Result<Loaded, ProbeFailure> {
+    let candidates: Vec<&'static HookSpec> = match config.hook {
+        HookChoice::Auto => probe.spec.hooks.iter().collect(),
+        HookChoice::Only(kind) => probe.spec.hook(kind).into_iter().collect(),
+    };
+    let mut attempts = Vec::new();
+    for hook in candidates {
+        match (probe.load)(config, hook, ctx) {
+            Ok(loaded) => return Ok(loaded),
+            Err(err) => {
+                tracing::debug!(probe = probe.spec.name, hook = hook.kind.name(), error = %err, "hook failed");
+                attempts.push((hook.kind, err));
+            }
+        }
+    }
+    Err(ProbeFailure { attempts })
+}
+
+/// The `.rodata` values common to every probe (see `common.h`).
+pub struct CommonRodata {
+    pub filter_tgid: u32,
+    pub ignore_tgid: u32,
+    pub filter_comm_count: u32,
+    pub filter_comms: [[i8; 16]; MAX_COMM_FILTERS],
+    pub wakeup_bytes: u64,
+}
+
+impl CommonRodata {
+    pub fn new(filter: &Filter, ctx: &LoadContext) -> Self {
+        let mut filter_comms = [[0i8; 16]; MAX_COMM_FILTERS];
+        for (slot, comm) in filter_comms.iter_mut().zip(&filter.comm) {
+            // config validation keeps comms at 15 bytes or fewer: NUL stays
+            for (dst, src) in slot.iter_mut().zip(comm.bytes()) {
+                *dst = src as i8;
+            }
+        }
+        Self {
+            filter_tgid: filter.pid.unwrap_or(0),
+            ignore_tgid: ctx.self_tgid,
+            filter_comm_count: filter.comm.len() as u32,
+            filter_comms,
+            wakeup_bytes: u64::from(ctx.ring.wakeup_bytes),
+        }
+    }
+}
+
+/// Copies `CommonRodata` into a skeleton's generated `rodata` type, whose
+/// fields of the same names come from `common.h`.
+#[macro_export]
+macro_rules! set_common_rodata {
+    ($rodata:expr, $common:expr) => {{
+        let rodata = $rodata;
+        let common = $common;
+        rodata.filter_tgid = common.filter_tgid;
+        rodata.ignore_tgid = common.ignore_tgid;
+        rodata.filter_comm_count = common.filter_comm_count;
+        rodata.filter_comms = common.filter_comms;
+        rodata.wakeup_bytes = common.wakeup_bytes;
+    }};
+}
+
+/// Opens the skeleton, lets the probe set its `.rodata`, sizes the ring,
+/// keeps only `hook`'s programs, loads, and attaches each program.
+pub fn load_skeleton<'obj, B, F>(
+    builder: B,
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    hook: &'static HookSpec,
+    ctx: &LoadContext,
+    set_rodata: F,
+) -> Result<Loaded, LoadError>
+where
+    B: SkelBuilder<'obj>,
+    F: FnOnce(&mut B::Output) -> Result<(), LoadError>,
+{
+    let mut open = builder.open(storage).map_err(LoadError::Open)?;
+    set_rodata(&mut open)?;
+
+    let object = open.open_object_mut();
+    let mut sized = false;
+    for mut map in object.maps_mut() {
+        if map.name() == "events" {
+            map.set_max_entries(ctx.ring.size_bytes).map_err(LoadError::Open)?;
+            sized = true;
+        }
+    }
+    if !sized {
+        return Err(LoadError::Missing("events ring buffer"));
+    }
+    for mut prog in object.progs_mut() {
+        let wanted = hook.programs.iter().any(|(name, _)| prog.name() == *name);
+        prog.set_autoload(wanted);
+    }
+
+    let loaded = verifier_log::capture(|| open.load());
+    let skel = loaded.map_err(|(source, log)| LoadError::Load {
+        source,
+        detail: detail(&log),
+        verifier_log: verifier_log::verifier_section(&log).unwrap_or_default(),
+    })?;
+    let object = skel.object();
+
+    let mut links = Vec::new();
+    let mut programs = Vec::new();
+    for &(name, target) in hook.programs {
+        let prog = object.progs_mut().find(|p| p.name() == name).ok_or(LoadError::Missing(name))?;
+        let link = verifier_log::capture(|| prog.attach()).map_err(|(source, log)| LoadError::Attach {
+            program: name,
+            kind: hook.kind.name(),
+            target,
+            source,
+            detail: detail(&log),
+        })?;
+        links.push(link);
+        let fd = prog.as_fd().try_clone_to_owned().map_err(|e| LoadError::Open(e.into()))?;
+        programs.push(LoadedProgram { name: name.to_string(), fd });
+    }
+
+    let handle = |wanted: &'static str| -> Result<MapHandle, LoadError> {
+        let map = object.maps().find(|m| m.name() == wanted).ok_or(LoadError::Missing(wanted))?;
+        MapHandle::try_from(&map).map_err(LoadError::Open)
+    };
+    let events = handle("events")?;
+    let lost = handle("lost")?;
+    Ok(Loaded { hook: hook.kind, links, events, lost, programs })
+}
+
+/// Sum of a per-CPU `u64` counter map's slot 0.
+pub fn read_percpu_counter(map: &MapHandle) -> Result<u64, libbpf_rs::Error> {
+    let values = map.lookup_percpu(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)?;
+    Ok(values
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
+        .sum())
+}

@@ -1,0 +1,176 @@
+//! sonde: small probes in the Linux kernel, read out as Prometheus metrics.
+
+mod agent;
+mod bpf_stats;
+mod config;
+mod events;
+mod http;
+mod loader;
+mod metrics;
+mod probes;
+mod scrape;
+mod system;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError, ProbeConfig};
+
+/// Exit status for bad input (config, usage), as clap uses for usage errors.
+const EXIT_BAD_INPUT: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "sonde", version, about = "eBPF probes in the Linux kernel, exported as Prometheus metrics")]
+struct Cli {
+    /// error, warn, info, debug or trace (RUST_LOG, if set, takes precedence)
+    #[arg(long, global = true, default_value = "info", env = "SONDE_LOG_LEVEL")]
+    log_level: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SONDE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct RunArgs {
+    /// YAML config file (default: the embedded default config)
+    #[arg(long, short, env = "SONDE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve /metrics on, overriding the config's `listen`
+    #[arg(long, env = "SONDE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Exit with an error if any probe fails to load or attach
+    #[arg(long)]
+    strict: bool,
+    /// Keep the kernel's BPF run-time statistics on while running
+    #[arg(long)]
+    bpf_stats: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the configured probes and serve their metrics (the default)
+    Run(RunArgs),
+    /// Validate a config; with --attach also load and attach every probe, then detach
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        attach: bool,
+    },
+    /// List the built-in probes and whether this kernel supports them
+    Probes,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    let result = match cli.command {
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+        Some(Command::Check { config, attach }) => check(config, attach),
+        Some(Command::Probes) => list_probes(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if let Some(config_err) = err.downcast_ref::<ConfigError>() {
+                eprintln!("sonde: {config_err}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            eprintln!("sonde: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    match path {
+        Some(path) => Config::load(path),
+        None => Config::embedded_default(),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    config.strict |= args.strict;
+    config.bpf_stats |= args.bpf_stats;
+    agent::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(path: Option<PathBuf>, attach: bool) -> anyhow::Result<ExitCode> {
+    let config = load_config(path.as_ref())?;
+    let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| config::DEFAULT_CONFIG_NAME.into());
+    let names: Vec<&str> = config.probes.iter().map(|p| p.spec.name).collect();
+    println!("{origin}: ok ({} probe(s): {})", names.len(), names.join(", "));
+    if attach && !agent::check_attach(&config)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_probes() -> anyhow::Result<ExitCode> {
+    let can_test = system::has_bpf_privileges() && system::prepare().is_ok();
+    if can_test {
+        loader::verifier_log::install();
+    }
+    let defaults = Config::embedded_default()?;
+    let ctx = agent::load_context(&defaults);
+    for probe in probes::PROBES {
+        let spec = probe.spec;
+        println!("{}: {}", spec.name, spec.summary);
+        for hook in spec.hooks {
+            let targets: Vec<&str> = hook.programs.iter().map(|(_, target)| *target).collect();
+            println!("  hook     {:<15} {}", hook.kind.name(), targets.join(", "));
+        }
+        for metric in spec.metrics {
+            let kind = match metric.kind {
+                probes::MetricKind::Counter => "counter",
+                probes::MetricKind::Histogram => "histogram",
+            };
+            println!("  metric   {}_{} ({kind})", defaults.metric_prefix, metric.name);
+        }
+        let labels: Vec<String> = spec
+            .labels
+            .iter()
+            .map(|l| if spec.default_labels.contains(l) { format!("{l}*") } else { l.to_string() })
+            .collect();
+        println!("  labels   {} (* = on by default)", labels.join(", "));
+        let support = if can_test {
+            match agent::load_one(&ProbeConfig::defaults(spec), &ctx) {
+                agent::Outcome::Attached(loaded) => format!("supported, via {}", loaded.hook.name()),
+                agent::Outcome::Failed(failure) => format!("unsupported: {failure}"),
+            }
+        } else {
+            "unknown: run as root to test this kernel".to_string()
+        };
+        println!("  kernel   {support}\n");
+    }
+    Ok(ExitCode::SUCCESS)
+}

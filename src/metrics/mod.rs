@@ -1,0 +1,154 @@
+//! The Prometheus registry with sonde's naming (prefix, constant labels),
+//! the self-metrics, and the per-probe series cache.
+
+mod series;
+
+use std::collections::HashMap;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub use series::SeriesCache;
+
+use crate::config::Config;
+
+/// Label names used by the self-metrics.
+pub const SELF_LABELS: &[&str] = &["probe", "hook", "stage", "metric", "version", "libbpf", "program"];
+
+pub struct Metrics {
+    registry: Registry,
+    prefix: String,
+    const_labels: HashMap<String, String>,
+    pub series_limit: usize,
+    pub agent: SelfMetrics,
+}
+
+/// What sonde reports about itself.
+pub struct SelfMetrics {
+    pub probe_up: IntGaugeVec,
+    pub probe_errors: IntCounterVec,
+    pub events_received: IntCounterVec,
+    pub events_lost: IntCounterVec,
+    pub decode_errors: IntCounterVec,
+    pub series_dropped: IntCounterVec,
+    pub prog_run_count: IntCounterVec,
+    pub prog_run_seconds: prometheus::CounterVec,
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let prefix = config.metric_prefix.clone();
+        let const_labels: HashMap<String, String> =
+            config.const_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(&prefix).const_labels(const_labels.clone());
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(opts(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(opts(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let prog_run_seconds = prometheus::CounterVec::new(
+            opts("bpf_prog_run_seconds_total", "Kernel time spent running the program (needs BPF stats on)."),
+            &["probe", "program"],
+        )?;
+        registry.register(Box::new(prog_run_seconds.clone()))?;
+        let agent = SelfMetrics {
+            probe_up: gauge(
+                "probe_up",
+                "1 if the probe is attached, with the hook it uses; 0 if it failed.",
+                &["probe", "hook"],
+            )?,
+            probe_errors: counter(
+                "probe_errors_total",
+                "Probe load and attach failures, by stage.",
+                &["probe", "stage"],
+            )?,
+            events_received: counter("events_received_total", "Events read from the probe's ring buffer.", &["probe"])?,
+            events_lost: counter(
+                "events_lost_total",
+                "Events the probe produced but its ring buffer had no room for.",
+                &["probe"],
+            )?,
+            decode_errors: counter("decode_errors_total", "Events that could not be decoded.", &["probe"])?,
+            series_dropped: counter(
+                "series_dropped_total",
+                "Label sets folded into the overflow series by the series limit.",
+                &["metric"],
+            )?,
+            prog_run_count: counter(
+                "bpf_prog_runs_total",
+                "Times the kernel ran the program (needs BPF stats on).",
+                &["probe", "program"],
+            )?,
+            prog_run_seconds,
+        };
+        let build_info =
+            gauge("build_info", "sonde's version and the libbpf it was built with.", &["version", "libbpf"])?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &libbpf_version()]).set(1);
+        Ok(Metrics { registry, prefix, const_labels, series_limit: config.series_limit, agent })
+    }
+
+    fn opts(&self, name: &str, help: &str) -> Opts {
+        Opts::new(name, help).namespace(&self.prefix).const_labels(self.const_labels.clone())
+    }
+
+    /// The full name a metric is exported under.
+    pub fn full_name(&self, name: &str) -> String {
+        format!("{}_{}", self.prefix, name)
+    }
+
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+        let c = IntCounterVec::new(self.opts(name, help), labels)?;
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    pub fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> Result<HistogramVec, prometheus::Error> {
+        let opts = HistogramOpts { common_opts: self.opts(name, help), buckets };
+        let h = HistogramVec::new(opts, labels)?;
+        self.registry.register(Box::new(h.clone()))?;
+        Ok(h)
+    }
+
+    /// A cache of label sets for metrics `names` (unprefixed) carrying
+    /// `label_count` labels, bounded by the configured series limit.
+    pub fn series_cache<K: std::hash::Hash + Eq, H: Clone>(
+        &self,
+        names: &[&str],
+        label_count: usize,
+        build: series::Build<H>,
+    ) -> SeriesCache<K, H> {
+        let dropped =
+            names.iter().map(|n| self.agent.series_dropped.with_label_values(&[&self.full_name(n)])).collect();
+        SeriesCache::new(self.series_limit, label_count, build, dropped)
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
+fn libbpf_version() -> String {
+    // SAFETY: both only return constants compiled into libbpf.
+    let (major, minor) =
+        unsafe { (libbpf_rs::libbpf_sys::libbpf_major_version(), libbpf_rs::libbpf_sys::libbpf_minor_version()) };
+    format!("{major}.{minor}")
+}
+
+/// The label values for `wanted` labels, in order, taken from `value`.
+pub fn label_values(wanted: &[&'static str], mut value: impl FnMut(&str) -> String) -> Vec<String> {
+    wanted.iter().map(|l| value(l)).collect()
+}

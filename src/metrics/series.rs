@@ -1,0 +1,134 @@
+//! Metric handles resolved once per label set. The hot path hashes a small
+//! fixed-size key and bumps an atomic; it never formats or allocates once a
+//! label set has been seen. Past the series limit, new label sets share one
+//! `overflow` series, created the first time it is needed.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use prometheus::IntCounter;
+use rustc_hash::FxBuildHasher;
+
+/// The label value of the series that absorbs label sets past the limit.
+pub const OVERFLOW: &str = "overflow";
+
+/// Makes a label set's handles from its label values.
+pub type Build<H> = Box<dyn Fn(&[String]) -> H + Send>;
+
+pub struct SeriesCache<K, H> {
+    map: HashMap<K, H, FxBuildHasher>,
+    live: usize,
+    limit: usize,
+    label_count: usize,
+    build: Build<H>,
+    overflow: Option<H>,
+    dropped: Vec<IntCounter>,
+}
+
+impl<K: Hash + Eq, H: Clone> SeriesCache<K, H> {
+    pub fn new(limit: usize, label_count: usize, build: Build<H>, dropped: Vec<IntCounter>) -> Self {
+        Self { map: HashMap::with_hasher(FxBuildHasher), live: 0, limit, label_count, build, overflow: None, dropped }
+    }
+
+    /// The handles for `key`; `values` gives its label values the first
+    /// time the key is seen.
+    pub fn get(&mut self, key: K, values: impl FnOnce() -> Vec<String>) -> &H {
+        // Folded keys are remembered too (up to another `limit` of them) so
+        // each dropped label set is counted once.
+        let remembered = self.map.len();
+        match self.map.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                if self.live < self.limit {
+                    self.live += 1;
+                    return v.insert((self.build)(&values()));
+                }
+                for d in &self.dropped {
+                    d.inc();
+                }
+                let (build, label_count) = (&self.build, self.label_count);
+                let overflow = self.overflow.get_or_insert_with(|| build(&vec![OVERFLOW.to_string(); label_count]));
+                if remembered < self.limit.saturating_mul(2) {
+                    v.insert(overflow.clone())
+                } else {
+                    overflow
+                }
+            }
+        }
+    }
+
+    /// Label sets with their own series.
+    #[cfg(test)]
+    pub fn live(&self) -> usize {
+        self.live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::IntCounterVec;
+
+    fn family() -> IntCounterVec {
+        IntCounterVec::new(prometheus::Opts::new("t", "test"), &["k"]).expect("valid family")
+    }
+
+    fn cache(limit: usize, family: &IntCounterVec, dropped: &IntCounter) -> SeriesCache<u32, IntCounter> {
+        let f = family.clone();
+        SeriesCache::new(limit, 1, Box::new(move |v: &[String]| f.with_label_values(v)), vec![dropped.clone()])
+    }
+
+    #[test]
+    fn resolves_each_key_once() {
+        let family = family();
+        let dropped = IntCounter::new("d", "d").expect("valid counter");
+        let mut cache = cache(10, &family, &dropped);
+        let mut made = 0;
+        for _ in 0..5 {
+            cache
+                .get(7, || {
+                    made += 1;
+                    vec!["seven".into()]
+                })
+                .inc();
+        }
+        assert_eq!(made, 1);
+        assert_eq!(family.with_label_values(&["seven"]).get(), 5);
+        assert_eq!(dropped.get(), 0);
+    }
+
+    #[test]
+    fn folds_past_the_limit_and_counts_each_label_set_once() {
+        let family = family();
+        let dropped = IntCounter::new("d", "d").expect("valid counter");
+        let mut cache = cache(2, &family, &dropped);
+        for key in 0..5u32 {
+            for _ in 0..3 {
+                cache.get(key, || vec![format!("k{key}")]).inc();
+            }
+        }
+        assert_eq!(cache.live(), 2);
+        assert_eq!(family.with_label_values(&["k0"]).get(), 3);
+        assert_eq!(family.with_label_values(&["k1"]).get(), 3);
+        assert_eq!(family.with_label_values(&[OVERFLOW]).get(), 9, "3 folded keys x 3 events");
+        // keys 2 and 3 are remembered as folded and count once each; key 4 is
+        // past the memory bound (2 x limit entries) and counts per event
+        assert_eq!(dropped.get(), 2 + 3);
+    }
+
+    #[test]
+    fn no_overflow_series_until_needed() {
+        let family = family();
+        let dropped = IntCounter::new("d", "d").expect("valid counter");
+        let mut cache = cache(2, &family, &dropped);
+        cache.get(1, || vec!["one".into()]).inc();
+        use prometheus::core::Collector;
+        let names: Vec<String> = family
+            .collect()
+            .iter()
+            .flat_map(|mf| mf.get_metric().iter().map(|m| m.get_label()[0].value().to_string()).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(names, vec!["one".to_string()]);
+    }
+}

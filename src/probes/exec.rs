@@ -1,0 +1,68 @@
+//! `exec`: successful execve() calls by the new program's name.
+
+use std::mem::MaybeUninit;
+
+use prometheus::IntCounter;
+
+use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
+use crate::config::ProbeConfig;
+use crate::events::{decode, DecodeError, EventSink};
+use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
+use crate::metrics::{label_values, Metrics, SeriesCache};
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/exec.skel.rs"));
+}
+use skel::{types, ExecSkelBuilder};
+
+unsafe impl plain::Plain for types::event {}
+
+const EXECS: &str = "exec_total";
+
+pub const PROBE: Probe = Probe { spec: &SPEC, load, sink };
+
+static SPEC: ProbeSpec = ProbeSpec {
+    name: "exec",
+    summary: "Programs started (execve), by process name.",
+    hooks: &[HookSpec { kind: HookKind::Tracepoint, programs: &[("handle_exec", "sched/sched_process_exec")] }],
+    metrics: &[MetricSpec { name: EXECS, kind: MetricKind::Counter, help: "Successful execve() calls." }],
+    labels: &["comm"],
+    default_labels: &["comm"],
+};
+
+fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
+    let mut storage = MaybeUninit::uninit();
+    let common = CommonRodata::new(&config.filter, ctx);
+    loader::load_skeleton(ExecSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
+        let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
+        crate::set_common_rodata!(rodata, &common);
+        Ok(())
+    })
+}
+
+struct Sink {
+    by_comm: bool,
+    labels: Vec<&'static str>,
+    series: SeriesCache<[u8; 16], IntCounter>,
+}
+
+fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
+    let labels = config.labels.clone();
+    let family = metrics.counter_vec(EXECS, SPEC.metrics[0].help, &labels)?;
+    let build = Box::new(move |values: &[String]| family.with_label_values(values));
+    Ok(Box::new(Sink {
+        by_comm: config.has_label("comm"),
+        series: metrics.series_cache(&[EXECS], labels.len(), build),
+        labels,
+    }))
+}
+
+impl EventSink for Sink {
+    fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
+        let event: &types::event = decode(data)?;
+        let key = if self.by_comm { comm_key(&event.comm) } else { [0; 16] };
+        let labels = &self.labels;
+        self.series.get(key, || label_values(labels, |_| comm_str(&event.comm))).inc();
+        Ok(())
+    }
+}

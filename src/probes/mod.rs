@@ -1,0 +1,150 @@
+//! The built-in probes. Each is one `src/bpf/<probe>.bpf.c` and one module
+//! here; the module is the only code that knows its skeleton. A probe
+//! describes itself as data (`ProbeSpec`) and turns its events into metric
+//! updates (`EventSink`).
+
+mod exec;
+mod exit;
+mod file_open;
+mod syscalls;
+mod vfs_io;
+
+use crate::config::ProbeConfig;
+use crate::events::EventSink;
+use crate::loader::{LoadContext, LoadError, Loaded};
+use crate::metrics::Metrics;
+
+/// How a program hooks into the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    Tracepoint,
+    RawTracepoint,
+    Kprobe,
+    Fentry,
+}
+
+impl HookKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Tracepoint => "tracepoint",
+            HookKind::RawTracepoint => "raw_tracepoint",
+            HookKind::Kprobe => "kprobe",
+            HookKind::Fentry => "fentry",
+        }
+    }
+}
+
+/// One way of hooking a probe in: the programs to load for it.
+#[derive(Debug)]
+pub struct HookSpec {
+    pub kind: HookKind,
+    /// (BPF program name, the kernel hook it attaches to)
+    pub programs: &'static [(&'static str, &'static str)],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+}
+
+#[derive(Debug)]
+pub struct MetricSpec {
+    /// Name without the configured prefix.
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub help: &'static str,
+}
+
+#[derive(Debug)]
+pub struct ProbeSpec {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Alternatives in order of preference; `hook: auto` takes the first
+    /// that loads and attaches.
+    pub hooks: &'static [HookSpec],
+    pub metrics: &'static [MetricSpec],
+    /// Every label its metrics can carry.
+    pub labels: &'static [&'static str],
+    pub default_labels: &'static [&'static str],
+}
+
+impl ProbeSpec {
+    pub fn has_histogram(&self) -> bool {
+        self.metrics.iter().any(|m| m.kind == MetricKind::Histogram)
+    }
+
+    pub fn hook(&self, kind: HookKind) -> Option<&'static HookSpec> {
+        self.hooks.iter().find(|h| h.kind == kind)
+    }
+}
+
+pub type MakeSink = fn(&ProbeConfig, &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error>;
+
+/// What a probe module provides.
+pub struct Probe {
+    pub spec: &'static ProbeSpec,
+    /// Opens, loads and attaches the probe's programs for one hook.
+    pub load: fn(&ProbeConfig, &'static HookSpec, &LoadContext) -> Result<Loaded, LoadError>,
+    /// Registers the probe's metrics and returns what turns events into updates.
+    pub sink: MakeSink,
+}
+
+pub static PROBES: &[Probe] = &[exec::PROBE, exit::PROBE, file_open::PROBE, syscalls::PROBE, vfs_io::PROBE];
+
+pub fn find(name: &str) -> Option<&'static ProbeSpec> {
+    probe(name).map(|p| p.spec)
+}
+
+pub fn probe(name: &str) -> Option<&'static Probe> {
+    PROBES.iter().find(|p| p.spec.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    PROBES.iter().map(|p| p.spec.name).collect()
+}
+
+/// Labels that sonde sets itself, which constant labels may not shadow.
+pub fn reserved_label(name: &str) -> bool {
+    crate::metrics::SELF_LABELS.contains(&name) || PROBES.iter().any(|p| p.spec.labels.contains(&name))
+}
+
+/// `comm` bytes up to the first NUL, as the label value.
+pub fn comm_str(comm: &[i8; 16]) -> String {
+    let bytes: Vec<u8> = comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `comm` as a hashable key.
+pub fn comm_key(comm: &[i8; 16]) -> [u8; 16] {
+    comm.map(|c| c as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_unique_and_labels_sane() {
+        let mut names = names();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), PROBES.len());
+        for p in PROBES {
+            assert!(!p.spec.hooks.is_empty(), "{} has no hook", p.spec.name);
+            for l in p.spec.default_labels {
+                assert!(p.spec.labels.contains(l), "{}: default label {l} not in labels", p.spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut comm = [0i8; 16];
+        for (i, b) in b"bash".iter().enumerate() {
+            comm[i] = *b as i8;
+        }
+        comm[6] = b'x' as i8;
+        assert_eq!(comm_str(&comm), "bash");
+    }
+}

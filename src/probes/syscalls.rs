@@ -1,0 +1,109 @@
+//! `syscalls`: every system call by name, with latency.
+
+use std::mem::MaybeUninit;
+
+use prometheus::{Histogram, IntCounter};
+
+use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
+use crate::config::ProbeConfig;
+use crate::events::{decode, DecodeError, EventSink};
+use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
+use crate::metrics::{label_values, Metrics, SeriesCache};
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
+}
+use skel::{types, SyscallsSkelBuilder};
+
+unsafe impl plain::Plain for types::event {}
+
+const CALLS: &str = "syscalls_total";
+const DURATION: &str = "syscall_duration_seconds";
+
+pub const PROBE: Probe = Probe { spec: &SPEC, load, sink };
+
+static SPEC: ProbeSpec = ProbeSpec {
+    name: "syscalls",
+    summary: "System calls by name (and optionally process name), with latency.",
+    hooks: &[HookSpec {
+        kind: HookKind::RawTracepoint,
+        programs: &[("handle_sys_enter", "sys_enter"), ("handle_sys_exit", "sys_exit")],
+    }],
+    metrics: &[
+        MetricSpec { name: CALLS, kind: MetricKind::Counter, help: "System calls completed." },
+        MetricSpec { name: DURATION, kind: MetricKind::Histogram, help: "System call latency." },
+    ],
+    labels: &["syscall", "comm"],
+    default_labels: &["syscall"],
+};
+
+fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
+    let mut storage = MaybeUninit::uninit();
+    let common = CommonRodata::new(&config.filter, ctx);
+    loader::load_skeleton(SyscallsSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
+        let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
+        crate::set_common_rodata!(rodata, &common);
+        Ok(())
+    })
+}
+
+/// The syscall's name on this architecture, or `syscall_<nr>`.
+pub fn syscall_name(nr: u32) -> String {
+    match syscalls::Sysno::new(nr as usize) {
+        Some(sysno) => sysno.name().to_string(),
+        None => format!("syscall_{nr}"),
+    }
+}
+
+type Handles = (IntCounter, Histogram);
+
+struct Sink {
+    key_syscall: bool,
+    key_comm: bool,
+    series: SeriesCache<(u32, [u8; 16]), Handles>,
+    labels: Vec<&'static str>,
+}
+
+fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
+    let labels = config.labels.clone();
+    let calls = metrics.counter_vec(CALLS, SPEC.metrics[0].help, &labels)?;
+    let duration = metrics.histogram_vec(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
+    let build =
+        Box::new(move |values: &[String]| (calls.with_label_values(values), duration.with_label_values(values)));
+    Ok(Box::new(Sink {
+        key_syscall: config.has_label("syscall"),
+        key_comm: config.has_label("comm"),
+        series: metrics.series_cache(&[CALLS, DURATION], labels.len(), build),
+        labels,
+    }))
+}
+
+impl EventSink for Sink {
+    fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
+        let event: &types::event = decode(data)?;
+        let nr = if self.key_syscall { event.nr } else { 0 };
+        let comm = if self.key_comm { comm_key(&event.comm) } else { [0; 16] };
+        let labels = &self.labels;
+        let (count, latency) = self.series.get((nr, comm), || {
+            label_values(labels, |l| match l {
+                "syscall" => syscall_name(nr),
+                _ => comm_str(&event.comm),
+            })
+        });
+        count.inc();
+        latency.observe(event.duration_ns as f64 * 1e-9);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_syscalls_for_this_arch() {
+        let getpid = syscalls::Sysno::getpid.id() as u32;
+        assert_eq!(syscall_name(getpid), "getpid");
+        assert_eq!(syscall_name(100_000), "syscall_100000");
+    }
+}

@@ -1,0 +1,75 @@
+//! What the kernel needs from the process before BPF programs can load:
+//! privileges, a mounted tracefs, and (on old kernels) locked memory.
+
+use std::path::Path;
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    #[error(
+        "sonde needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_SYS_ADMIN on kernels \
+         before 5.8 and for `bpf_stats`); in a container run it with --privileged"
+    )]
+    NotPrivileged,
+    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
+    Tracefs(std::io::Error),
+}
+
+/// Effective capability bits of this process.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn has_bpf_privileges() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Checks privileges, mounts tracefs if needed and lifts the memlock limit.
+pub fn prepare() -> Result<(), SystemError> {
+    if !has_bpf_privileges() {
+        return Err(SystemError::NotPrivileged);
+    }
+    ensure_tracefs()?;
+    raise_memlock_limit();
+    Ok(())
+}
+
+/// libbpf finds tracepoint ids in tracefs; many hosts and containers do not
+/// mount it.
+fn ensure_tracefs() -> Result<(), SystemError> {
+    if Path::new(TRACEFS).join("events").is_dir() || Path::new(DEBUGFS_TRACING).join("events").is_dir() {
+        return Ok(());
+    }
+    let rc = unsafe {
+        libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(SystemError::Tracefs(std::io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the
+/// memory cgroup, where this is harmless.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not lift RLIMIT_MEMLOCK (only matters before Linux 5.11)"
+        );
+    }
+}
