@@ -13,6 +13,12 @@ use rustc_hash::FxBuildHasher;
 /// The label value of the series that absorbs label sets past the limit.
 pub const OVERFLOW: &str = "overflow";
 
+/// Folded label sets remembered (so counted once each in `series_dropped`):
+/// the series limit or this many, whichever is more. Past that, each event
+/// of an unremembered set counts, which keeps memory bounded under a
+/// cardinality explosion.
+const FOLDED_MEMORY: usize = 4096;
+
 /// Makes a label set's handles from its label values.
 pub type Build<H> = Box<dyn Fn(&[String]) -> H + Send>;
 
@@ -34,7 +40,7 @@ impl<K: Hash + Eq, H: Clone> SeriesCache<K, H> {
     /// The handles for `key`; `values` gives its label values the first
     /// time the key is seen.
     pub fn get(&mut self, key: K, values: impl FnOnce() -> Vec<String>) -> &H {
-        // Folded keys are remembered too (up to another `limit` of them) so
+        // Folded keys are remembered too (up to FOLDED_MEMORY of them) so
         // each dropped label set is counted once.
         let remembered = self.map.len();
         match self.map.entry(key) {
@@ -49,7 +55,7 @@ impl<K: Hash + Eq, H: Clone> SeriesCache<K, H> {
                 }
                 let (build, label_count) = (&self.build, self.label_count);
                 let overflow = self.overflow.get_or_insert_with(|| build(&vec![OVERFLOW.to_string(); label_count]));
-                if remembered < self.limit.saturating_mul(2) {
+                if remembered < self.limit.saturating_add(FOLDED_MEMORY.max(self.limit)) {
                     v.insert(overflow.clone())
                 } else {
                     overflow
@@ -103,7 +109,8 @@ mod tests {
         let family = family();
         let dropped = IntCounter::new("d", "d").expect("valid counter");
         let mut cache = cache(2, &family, &dropped);
-        for key in 0..5u32 {
+        let keys = 2 + FOLDED_MEMORY as u32 + 1;
+        for key in 0..keys {
             for _ in 0..3 {
                 cache.get(key, || vec![format!("k{key}")]).inc();
             }
@@ -111,10 +118,10 @@ mod tests {
         assert_eq!(cache.live(), 2);
         assert_eq!(family.with_label_values(&["k0"]).get(), 3);
         assert_eq!(family.with_label_values(&["k1"]).get(), 3);
-        assert_eq!(family.with_label_values(&[OVERFLOW]).get(), 9, "3 folded keys x 3 events");
-        // keys 2 and 3 are remembered as folded and count once each; key 4 is
-        // past the memory bound (2 x limit entries) and counts per event
-        assert_eq!(dropped.get(), 2 + 3);
+        assert_eq!(family.with_label_values(&[OVERFLOW]).get(), 3 * u64::from(keys - 2));
+        // folded keys up to the memory bound count once each; the one past
+        // it counts per event
+        assert_eq!(dropped.get(), FOLDED_MEMORY as u64 + 3);
     }
 
     #[test]
