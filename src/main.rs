@@ -64,7 +64,8 @@ enum Command {
     Run(RunArgs),
     /// Validate a config; with --attach also load and attach every probe, then detach
     Check {
-        #[arg(long, short)]
+        /// YAML config file (default: the embedded default config)
+        #[arg(long, short, env = "SONDE_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long)]
         attach: bool,
@@ -79,7 +80,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
-        Some(Command::Check { config, attach }) => check(config, attach),
+        // `sonde -c FILE check` names the file before the subcommand
+        Some(Command::Check { config, attach }) => check(config.or(cli.run.config), attach),
         Some(Command::Probes) => list_probes(),
     };
     match result {

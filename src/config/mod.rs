@@ -5,16 +5,16 @@
 mod probes;
 mod scalar;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 pub use probes::MAX_COMM_FILTERS;
-use scalar::{int_in, is_metric_name, scalar, string, Scalar};
+use scalar::{int_in, is_metric_name, scalar, OneOf, Scalar};
 
 use crate::probes::{HookKind, ProbeSpec};
 
@@ -24,6 +24,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
+pub const DEFAULT_METRIC_PREFIX: &str = "sonde";
+pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -35,35 +37,98 @@ pub enum ConfigError {
     Unlocated { origin: String, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Deserialized by hand rather than derived: serde's derive reports a
+/// repeated key, or anything checked once the mapping is read, at the start
+/// of the mapping instead of at the key or value at fault.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where `/metrics` is served.
-    #[serde(default = "default_listen", deserialize_with = "listen_addr")]
     pub listen: SocketAddr,
     /// Prepended, with `_`, to every metric name.
-    #[serde(default = "default_prefix", deserialize_with = "metric_prefix")]
     pub metric_prefix: String,
     /// Labels added to every series.
-    #[serde(default, deserialize_with = "const_labels")]
     pub const_labels: BTreeMap<String, String>,
-    #[serde(default)]
     pub ring_buffer: RingBufferConfig,
     /// Label sets per metric before new ones fold into `overflow`.
-    #[serde(default = "default_series_limit", deserialize_with = "series_limit")]
     pub series_limit: usize,
     /// Turn on the kernel's BPF run-time statistics while the agent runs.
-    #[serde(default)]
     pub bpf_stats: bool,
     /// Any probe failing to load or attach is fatal.
-    #[serde(default)]
     pub strict: bool,
-    #[serde(deserialize_with = "probes::deserialize")]
     pub probes: Vec<ProbeConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, try_from = "RawRingBuffer")]
+const CONFIG_KEYS: &[&str] =
+    &["listen", "metric_prefix", "const_labels", "ring_buffer", "series_limit", "bpf_stats", "strict", "probes"];
+
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Config, D::Error> {
+        d.deserialize_map(ConfigVisitor)
+    }
+}
+
+struct ConfigVisitor;
+
+impl<'de> Visitor<'de> for ConfigVisitor {
+    type Value = Config;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a config mapping")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Config, A::Error> {
+        let mut config = Config {
+            listen: default_listen(),
+            metric_prefix: DEFAULT_METRIC_PREFIX.to_string(),
+            const_labels: BTreeMap::new(),
+            ring_buffer: RingBufferConfig::default(),
+            series_limit: DEFAULT_SERIES_LIMIT,
+            bpf_stats: false,
+            strict: false,
+            probes: Vec::new(),
+        };
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key_seed(OneOf { keys: CONFIG_KEYS, what: "top-level", seen: &seen })? {
+            seen.insert(key);
+            map.next_value_seed(ConfigValue { key, config: &mut config })?;
+        }
+        if !seen.contains("probes") {
+            return Err(de::Error::custom(format!(
+                "no probes configured: the `probes` key is missing; known probes: {}",
+                crate::probes::names().join(", ")
+            )));
+        }
+        Ok(config)
+    }
+}
+
+/// The value of one top-level key, stored into `config` as it is read.
+struct ConfigValue<'a> {
+    key: &'static str,
+    config: &'a mut Config,
+}
+
+impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let config = self.config;
+        match self.key {
+            "listen" => config.listen = listen_addr(d)?,
+            "metric_prefix" => config.metric_prefix = metric_prefix(d)?,
+            "const_labels" => config.const_labels = const_labels(d)?,
+            "ring_buffer" => config.ring_buffer = RingBufferConfig::deserialize(d)?,
+            "series_limit" => config.series_limit = series_limit(d)?,
+            "bpf_stats" => config.bpf_stats = bool::deserialize(d)?,
+            "strict" => config.strict = bool::deserialize(d)?,
+            "probes" => config.probes = probes::deserialize(d)?,
+            _ => unreachable!("OneOf only yields CONFIG_KEYS"),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct RingBufferConfig {
     /// Bytes of each probe's ring: a power of two, at least one page.
     pub size_bytes: u32,
@@ -79,34 +144,109 @@ impl Default for RingBufferConfig {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRingBuffer {
-    #[serde(default, deserialize_with = "ring_size")]
-    size_bytes: Option<u32>,
-    #[serde(default, deserialize_with = "wakeup_bytes")]
-    wakeup_bytes: Option<u32>,
-    #[serde(default, deserialize_with = "poll_interval")]
-    poll_interval_ms: Option<u32>,
+impl<'de> Deserialize<'de> for RingBufferConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RingBufferConfig, D::Error> {
+        d.deserialize_any(RingBufferVisitor)
+    }
 }
 
-impl TryFrom<RawRingBuffer> for RingBufferConfig {
-    type Error = String;
+struct RingBufferVisitor;
 
-    fn try_from(raw: RawRingBuffer) -> Result<Self, String> {
-        let d = RingBufferConfig::default();
-        let config = RingBufferConfig {
-            size_bytes: raw.size_bytes.unwrap_or(d.size_bytes),
-            wakeup_bytes: raw.wakeup_bytes.unwrap_or(d.wakeup_bytes.min(raw.size_bytes.unwrap_or(u32::MAX) / 4)),
-            poll_interval_ms: raw.poll_interval_ms.unwrap_or(d.poll_interval_ms),
-        };
-        if config.wakeup_bytes >= config.size_bytes {
-            return Err(format!(
-                "ring_buffer.wakeup_bytes ({}) must be smaller than ring_buffer.size_bytes ({})",
-                config.wakeup_bytes, config.size_bytes
-            ));
+impl<'de> Visitor<'de> for RingBufferVisitor {
+    type Value = RingBufferConfig;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a ring_buffer mapping with size_bytes, wakeup_bytes and/or poll_interval_ms")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<RingBufferConfig, E> {
+        Ok(RingBufferConfig::default())
+    }
+
+    /// `wakeup_bytes < size_bytes` is checked at whichever of the two comes
+    /// second, so the error points at a value rather than at the mapping.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RingBufferConfig, A::Error> {
+        const KEYS: &[&str] = &["size_bytes", "wakeup_bytes", "poll_interval_ms"];
+        let defaults = RingBufferConfig::default();
+        let (mut size, mut wakeup, mut poll) = (None, None, None);
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key_seed(OneOf { keys: KEYS, what: "ring_buffer", seen: &seen })? {
+            seen.insert(key);
+            match key {
+                "size_bytes" => size = Some(map.next_value_seed(RingSize { wakeup })?),
+                "wakeup_bytes" => wakeup = Some(map.next_value_seed(WakeupBytes { size })?),
+                "poll_interval_ms" => poll = Some(map.next_value_seed(PollInterval)?),
+                _ => unreachable!("OneOf only yields KEYS"),
+            }
         }
-        Ok(config)
+        let size_bytes = size.unwrap_or(defaults.size_bytes);
+        // The default wakeup shrinks with a small ring, so it always fits.
+        let wakeup_bytes = wakeup.unwrap_or(defaults.wakeup_bytes.min(size_bytes / 4));
+        if wakeup_bytes >= size_bytes {
+            // Only an explicit wakeup_bytes against the default size gets
+            // here; it is reported at the ring_buffer mapping.
+            return Err(de::Error::custom(format!(
+                "wakeup_bytes ({wakeup_bytes}) must be smaller than size_bytes ({size_bytes}, the default)"
+            )));
+        }
+        Ok(RingBufferConfig { size_bytes, wakeup_bytes, poll_interval_ms: poll.unwrap_or(defaults.poll_interval_ms) })
+    }
+}
+
+struct RingSize {
+    /// wakeup_bytes, if it came earlier in the mapping.
+    wakeup: Option<u32>,
+}
+
+impl<'de> DeserializeSeed<'de> for RingSize {
+    type Value = u32;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
+        scalar(d, "a size in bytes", |v| match v {
+            Scalar::Int(n) if (4096..=1 << 30).contains(&n) && (n as u64).is_power_of_two() => {
+                let size = n as u32;
+                match self.wakeup {
+                    Some(wakeup) if wakeup >= size => {
+                        Err(format!("{size} must be larger than wakeup_bytes ({wakeup})"))
+                    }
+                    _ => Ok(size),
+                }
+            }
+            other => Err(format!("{other} is not a power of two from 4096 (one page) to 1073741824 (1 GiB)")),
+        })
+    }
+}
+
+struct WakeupBytes {
+    /// size_bytes, if it came earlier in the mapping.
+    size: Option<u32>,
+}
+
+impl<'de> DeserializeSeed<'de> for WakeupBytes {
+    type Value = u32;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
+        scalar(d, "a number of bytes", |v| match v {
+            Scalar::Int(n) if (0..1 << 30).contains(&n) => {
+                let wakeup = n as u32;
+                match self.size {
+                    Some(size) if wakeup >= size => Err(format!("{wakeup} must be smaller than size_bytes ({size})")),
+                    _ => Ok(wakeup),
+                }
+            }
+            Scalar::Int(n) => Err(format!("{n} is out of range: expected 0..=1073741823")),
+            other => Err(format!("expected an integer, found {other}")),
+        })
+    }
+}
+
+struct PollInterval;
+
+impl<'de> DeserializeSeed<'de> for PollInterval {
+    type Value = u32;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
+        int_in(d, 1, 10_000).map(|n| n as u32)
     }
 }
 
@@ -209,14 +349,6 @@ fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid socket address")
 }
 
-fn default_prefix() -> String {
-    "sonde".to_string()
-}
-
-fn default_series_limit() -> usize {
-    10_000
-}
-
 fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     scalar(d, "an address such as 0.0.0.0:9477", |v| match v {
         Scalar::Str(s) => s
@@ -237,25 +369,8 @@ fn series_limit<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     int_in(d, 1, 10_000_000).map(|n| n as usize)
 }
 
-fn ring_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    scalar(d, "a size in bytes", |v| match v {
-        Scalar::Int(n) if (4096..=1 << 30).contains(&n) && (n as u64).is_power_of_two() => Ok(Some(n as u32)),
-        other => Err(format!(
-            "ring_buffer.size_bytes {other} must be a power of two from 4096 (one page) to 1073741824 (1 GiB)"
-        )),
-    })
-}
-
-fn wakeup_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    int_in(d, 0, 1 << 30).map(|n| Some(n as u32))
-}
-
-fn poll_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    int_in(d, 1, 10_000).map(|n| Some(n as u32))
-}
-
 fn const_labels<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    d.deserialize_map(ConstLabels)
+    d.deserialize_any(ConstLabels)
 }
 
 struct ConstLabels;
@@ -274,7 +389,7 @@ impl<'de> Visitor<'de> for ConstLabels {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = BTreeMap::new();
         while let Some(name) = map.next_key_seed(ConstLabelName { seen: &out })? {
-            let value = map.next_value_seed(StringSeed)?;
+            let value = map.next_value_seed(LabelValue)?;
             out.insert(name, value);
         }
         Ok(out)
@@ -285,7 +400,7 @@ struct ConstLabelName<'a> {
     seen: &'a BTreeMap<String, String>,
 }
 
-impl<'de> de::DeserializeSeed<'de> for ConstLabelName<'_> {
+impl<'de> DeserializeSeed<'de> for ConstLabelName<'_> {
     type Value = String;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
@@ -309,13 +424,34 @@ impl<'de> de::DeserializeSeed<'de> for ConstLabelName<'_> {
     }
 }
 
-struct StringSeed;
+/// A constant label's value: any scalar, as the text written, so that
+/// `version: 1.10` stays "1.10" rather than becoming the number 1.1.
+struct LabelValue;
 
-impl<'de> de::DeserializeSeed<'de> for StringSeed {
+impl<'de> DeserializeSeed<'de> for LabelValue {
     type Value = String;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        string(d)
+        // serde_yaml gives any scalar's text to `str`; sequences and
+        // mappings are refused at their own location.
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LabelValue {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a label value (a string, number or boolean)")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        // Prometheus reads an empty label value as no label at all, and a
+        // YAML null is no value either (`str` sees it as its text, `~`).
+        if matches!(v, "" | "~" | "null" | "Null" | "NULL") {
+            return Err(E::custom(format!("a constant label needs a value, not `{v}`")));
+        }
+        Ok(v.to_string())
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::scalar::{int_in, scalar, Scalar};
+use super::scalar::{int_in, scalar, OneOf, Scalar};
 use super::{Buckets, Filter, HookChoice, ProbeConfig};
 use crate::probes::{self, HookKind, ProbeSpec};
 
@@ -16,7 +16,15 @@ const COMM_MAX: usize = 15;
 pub const MAX_COMM_FILTERS: usize = 8;
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ProbeConfig>, D::Error> {
-    d.deserialize_map(ProbesVisitor)
+    // `any`, not `map`: given `map`, serde_yaml reports `probes: ~` as a type
+    // error instead of calling visit_unit.
+    d.deserialize_any(ProbesVisitor)
+}
+
+/// An agent without probes would serve nothing but its own metrics; that is
+/// a mistake in the config, not a way to run.
+fn no_probes() -> String {
+    format!("no probes configured; enable at least one of: {}", probes::names().join(", "))
 }
 
 struct ProbesVisitor;
@@ -29,7 +37,7 @@ impl<'de> Visitor<'de> for ProbesVisitor {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Err(E::custom(no_probes()))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -37,6 +45,9 @@ impl<'de> Visitor<'de> for ProbesVisitor {
         while let Some(spec) = map.next_key_seed(ProbeName { seen: &out })? {
             let config = map.next_value_seed(Settings { spec })?;
             out.push(config);
+        }
+        if out.is_empty() {
+            return Err(de::Error::custom(no_probes()));
         }
         Ok(out)
     }
@@ -73,7 +84,8 @@ impl<'de> DeserializeSeed<'de> for Settings {
     type Value = ProbeConfig;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ProbeConfig, D::Error> {
-        d.deserialize_map(self)
+        // `any`, so that `exec: ~` means defaults as `exec:` does (see above).
+        d.deserialize_any(self)
     }
 }
 
@@ -206,7 +218,7 @@ impl<'de> DeserializeSeed<'de> for FilterSeed {
     type Value = Filter;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Filter, D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -234,32 +246,6 @@ impl<'de> Visitor<'de> for FilterSeed {
             }
         }
         Ok(filter)
-    }
-}
-
-/// A key from a fixed list, not repeated.
-struct OneOf<'a> {
-    keys: &'static [&'static str],
-    what: &'static str,
-    seen: &'a BTreeSet<&'static str>,
-}
-
-impl<'de> DeserializeSeed<'de> for OneOf<'_> {
-    type Value = &'static str;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
-        scalar(d, "a key", |v| {
-            let Scalar::Str(name) = v else {
-                return Err(format!("expected a key, found {v}"));
-            };
-            let key = self.keys.iter().copied().find(|k| *k == name).ok_or_else(|| {
-                format!("unknown {} key `{name}`; expected one of: {}", self.what, self.keys.join(", "))
-            })?;
-            if self.seen.contains(key) {
-                return Err(format!("duplicate key `{key}`"));
-            }
-            Ok(key)
-        })
     }
 }
 

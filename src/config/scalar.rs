@@ -2,10 +2,11 @@
 //! so that a bad value is reported at its own line and column rather than
 //! at the start of the mapping that holds it.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
 
 /// A YAML scalar as the config sees it.
 pub enum Scalar<'a> {
@@ -86,12 +87,32 @@ pub fn int_in<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<u64
     })
 }
 
-/// A string.
-pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    scalar(d, "a string", |v| match v {
-        Scalar::Str(s) => Ok(s.to_string()),
-        other => Err(format!("expected a string, found {other}")),
-    })
+/// A key from a fixed list, not repeated: checked here rather than after the
+/// mapping is read, so that an unknown or repeated key is reported at itself.
+pub struct OneOf<'a> {
+    pub keys: &'static [&'static str],
+    /// Names the mapping in messages: "unknown {what} key".
+    pub what: &'static str,
+    pub seen: &'a BTreeSet<&'static str>,
+}
+
+impl<'de> DeserializeSeed<'de> for OneOf<'_> {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        scalar(d, "a key", |v| {
+            let Scalar::Str(name) = v else {
+                return Err(format!("expected a key, found {v}"));
+            };
+            let key = self.keys.iter().copied().find(|k| *k == name).ok_or_else(|| {
+                format!("unknown {} key `{name}`; expected one of: {}", self.what, self.keys.join(", "))
+            })?;
+            if self.seen.contains(key) {
+                return Err(format!("duplicate key `{key}`"));
+            }
+            Ok(key)
+        })
+    }
 }
 
 /// Prometheus metric and label names: `[a-zA-Z_][a-zA-Z0-9_]*` (metric

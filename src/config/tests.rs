@@ -1,1 +1,305 @@
+use super::*;
 
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.yaml")
+}
+
+fn probe<'a>(config: &'a Config, name: &str) -> &'a ProbeConfig {
+    config.probes.iter().find(|p| p.spec.name == name).unwrap_or_else(|| panic!("probe `{name}` is configured"))
+}
+
+#[test]
+fn embedded_default_enables_every_probe_with_defaults() {
+    let config = Config::embedded_default().expect("the embedded default parses");
+    assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(config.metric_prefix, "sonde");
+    assert!(config.const_labels.is_empty());
+    assert_eq!(config.series_limit, 10_000);
+    assert!(!config.bpf_stats && !config.strict);
+    let rb = &config.ring_buffer;
+    assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (1 << 20, 1 << 16, 100));
+    let names: Vec<&str> = config.probes.iter().map(|p| p.spec.name).collect();
+    assert_eq!(names, crate::probes::names());
+    for p in &config.probes {
+        assert_eq!(p.labels, p.spec.default_labels, "{}", p.spec.name);
+        assert_eq!(p.filter, Filter::default(), "{}", p.spec.name);
+        assert_eq!(p.buckets, Buckets::Exp2, "{}", p.spec.name);
+        assert_eq!(p.hook, HookChoice::Auto, "{}", p.spec.name);
+    }
+}
+
+#[test]
+fn example_config_parses_to_what_it_documents() {
+    let config =
+        Config::parse(include_str!("../../config.example.yaml"), "config.example.yaml").expect("the example parses");
+    assert_eq!(config.listen.to_string(), "0.0.0.0:9477");
+    assert_eq!(config.metric_prefix, "sonde");
+    let labels: Vec<(&str, &str)> = config.const_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(labels, [("cluster", "prod-eu1"), ("rack", "07")]);
+    let rb = &config.ring_buffer;
+    assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (4 << 20, 256 << 10, 100));
+    assert_eq!(config.series_limit, 20_000);
+    assert!(!config.bpf_stats && !config.strict);
+
+    let names: Vec<&str> = config.probes.iter().map(|p| p.spec.name).collect();
+    assert_eq!(names, crate::probes::names(), "the example enables every probe");
+    assert_eq!(probe(&config, "exec").labels, ["comm"]);
+    assert_eq!(probe(&config, "exit").labels, ["comm", "code", "signal"]);
+    let file_open = probe(&config, "file_open");
+    assert_eq!(file_open.labels, ["comm", "result"]);
+    assert_eq!(file_open.filter, Filter { comm: vec!["nginx".into(), "postgres".into()], pid: None });
+    assert_eq!(file_open.buckets, Buckets::Explicit(vec![0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0]));
+    let syscalls = probe(&config, "syscalls");
+    assert_eq!(syscalls.labels, ["syscall"]);
+    assert_eq!(syscalls.filter, Filter { comm: vec!["postgres".into()], pid: None });
+    assert_eq!(syscalls.buckets, Buckets::Exp2);
+    let vfs_io = probe(&config, "vfs_io");
+    assert_eq!(vfs_io.labels, ["comm", "op"]);
+    assert_eq!(vfs_io.hook, HookChoice::Auto);
+}
+
+#[test]
+fn examples_in_the_docs_parse() {
+    let doc = include_str!("../../docs/config.md");
+    let blocks: Vec<&str> =
+        doc.split("```yaml\n").skip(1).map(|rest| rest.split("```").next().unwrap_or_default()).collect();
+    assert!(blocks.len() >= 2, "docs/config.md has its examples");
+    for block in blocks {
+        if let Err(err) = Config::parse(block, "docs/config.md") {
+            panic!("{err} in:\n{block}");
+        }
+    }
+}
+
+#[test]
+fn settings_take_effect() {
+    let config = parse(
+        "listen: \"[::1]:9100\"\n\
+         metric_prefix: node_ebpf\n\
+         series_limit: 5\n\
+         bpf_stats: true\n\
+         strict: true\n\
+         probes:\n  \
+           syscalls:\n    \
+             labels: [comm, syscall]\n    \
+             filter: {pid: 4242, comm: [bash]}\n    \
+             buckets: [1, 2.5]\n  \
+           exit:\n    \
+             labels: []\n",
+    )
+    .expect("valid config");
+    assert_eq!(config.listen.to_string(), "[::1]:9100");
+    assert_eq!(config.metric_prefix, "node_ebpf");
+    assert_eq!(config.series_limit, 5);
+    assert!(config.bpf_stats && config.strict);
+    let syscalls = probe(&config, "syscalls");
+    assert_eq!(syscalls.labels, ["comm", "syscall"], "labels keep the order given");
+    assert_eq!(syscalls.filter, Filter { comm: vec!["bash".into()], pid: Some(4242) });
+    assert_eq!(syscalls.buckets, Buckets::Explicit(vec![1.0, 2.5]));
+    assert!(probe(&config, "exit").labels.is_empty());
+    assert_eq!(config.probes[0].spec.name, "syscalls", "probes keep the order given");
+}
+
+#[test]
+fn empty_and_null_settings_mean_defaults() {
+    let config = parse("const_labels: ~\nring_buffer:\nprobes:\n  exec: ~\n  exit:\n    filter: ~\n  syscalls: {}\n")
+        .expect("valid config");
+    assert!(config.const_labels.is_empty());
+    assert_eq!(config.ring_buffer.size_bytes, 1 << 20);
+    for p in &config.probes {
+        assert_eq!(p.labels, p.spec.default_labels);
+        assert_eq!(p.filter, Filter::default());
+    }
+}
+
+#[test]
+fn vfs_io_accepts_each_of_its_hooks() {
+    for (text, want) in [
+        ("auto", HookChoice::Auto),
+        ("kprobe", HookChoice::Only(HookKind::Kprobe)),
+        ("fentry", HookChoice::Only(HookKind::Fentry)),
+    ] {
+        let config = parse(&format!("probes:\n  vfs_io:\n    hook: {text}\n")).expect("a hook of vfs_io");
+        assert_eq!(probe(&config, "vfs_io").hook, want, "hook: {text}");
+    }
+}
+
+#[test]
+fn const_label_values_are_scalars_kept_as_written() {
+    let config = parse("const_labels:\n  a: 3\n  b: 1.10\n  c: true\n  d: \"x y\"\n  e: 0x1f\nprobes:\n  exec:\n")
+        .expect("valid");
+    let values: Vec<&str> = config.const_labels.values().map(String::as_str).collect();
+    assert_eq!(values, ["3", "1.10", "true", "x y", "0x1f"]);
+}
+
+#[test]
+fn ring_buffer_sizes() {
+    let ring = |body: &str| parse(&format!("ring_buffer:\n{body}probes:\n  exec:\n")).map(|c| c.ring_buffer);
+    // the default wakeup shrinks to a quarter of a small ring
+    let small = ring("  size_bytes: 4096\n").expect("one page");
+    assert_eq!((small.size_bytes, small.wakeup_bytes), (4096, 1024));
+    // wakeup_bytes is checked against size_bytes in either order
+    let big = ring("  wakeup_bytes: 2000000\n  size_bytes: 4194304\n").expect("wakeup below size");
+    assert_eq!((big.size_bytes, big.wakeup_bytes), (4 << 20, 2_000_000));
+    let zero = ring("  wakeup_bytes: 0\n  poll_interval_ms: 10\n").expect("wake per event");
+    assert_eq!((zero.wakeup_bytes, zero.poll_interval_ms), (0, 10));
+}
+
+/// A config that must be refused, where, and words the message must hold.
+struct Bad {
+    yaml: &'static str,
+    line: usize,
+    column: usize,
+    mentions: &'static [&'static str],
+}
+
+const fn bad(yaml: &'static str, line: usize, column: usize, mentions: &'static [&'static str]) -> Bad {
+    Bad { yaml, line, column, mentions }
+}
+
+#[rustfmt::skip]
+const BAD: &[Bad] = &[
+    // top level
+    bad("probes:\n  exec:\nlistn: 0.0.0.0:1\n", 3, 1,
+        &["unknown top-level key `listn`", "listen, metric_prefix"]),
+    bad("listen: 0.0.0.0:1\nlisten: 0.0.0.0:2\nprobes:\n  exec:\n", 2, 1, &["duplicate key `listen`"]),
+    bad("- exec\n", 1, 1, &["sequence", "a config mapping"]),
+    bad("listen: nope\nprobes:\n  exec:\n", 1, 9, &["invalid listen address `nope`", "IP:PORT"]),
+    bad("listen: 0.0.0.0\nprobes:\n  exec:\n", 1, 9, &["`0.0.0.0`"]),
+    bad("listen: 9477\nprobes:\n  exec:\n", 1, 9, &["found 9477"]),
+    bad("metric_prefix: 9bad\nprobes:\n  exec:\n", 1, 16, &["metric_prefix `9bad`", "[a-zA-Z_:]"]),
+    bad("metric_prefix: my-agent\nprobes:\n  exec:\n", 1, 16, &["`my-agent`"]),
+    bad("series_limit: 0\nprobes:\n  exec:\n", 1, 15, &["series_limit", "0 is out of range"]),
+    bad("strict: yes\nprobes:\n  exec:\n", 1, 9, &["strict", "\"yes\"", "boolean"]),
+    bad("bpf_stats: 1\nprobes:\n  exec:\n", 1, 12, &["bpf_stats", "boolean"]),
+    // probes: missing, empty, unknown, twice
+    bad("listen: 0.0.0.0:1\n", 1, 1, &["no probes configured", "`probes` key is missing", "exec, exit"]),
+    bad("", 1, 1, &["no probes configured"]),
+    bad("listen: 0.0.0.0:1\nprobes:\n", 2, 8, &["probes: no probes configured", "exec, exit"]),
+    bad("listen: 0.0.0.0:1\nprobes: {}\n", 2, 9, &["probes: no probes configured"]),
+    bad("listen: 0.0.0.0:1\nprobes: ~\n", 2, 9, &["probes: no probes configured"]),
+    bad("probes: [exec]\n", 1, 9, &["sequence", "mapping from probe name"]),
+    bad("probes:\n  exec:\n  execve:\n", 3, 3,
+        &["unknown probe `execve`", "known probes: exec, exit, file_open, syscalls, vfs_io"]),
+    bad("probes:\n  exec:\n  exit:\n  exec: {}\n", 4, 3, &["probe `exec` is configured twice"]),
+    // per-probe settings
+    bad("probes:\n  exec:\n    buckets: exp2\n", 3, 5,
+        &["unknown setting `buckets` for probe `exec`", "expected one of: labels, filter"]),
+    bad("probes:\n  exec:\n    hook: kprobe\n", 3, 5, &["unknown setting `hook` for probe `exec`"]),
+    bad("probes:\n  syscalls:\n    hook: auto\n", 3, 5,
+        &["unknown setting `hook` for probe `syscalls`", "labels, filter, buckets"]),
+    bad("probes:\n  vfs_io:\n    buckets: exp2\n", 3, 5, &["unknown setting `buckets` for probe `vfs_io`"]),
+    bad("probes:\n  exec:\n    labels: [comm]\n    labels: []\n", 4, 5, &["duplicate setting `labels`"]),
+    bad("probes:\n  exec: [comm]\n", 2, 9, &["sequence", "settings for probe `exec`"]),
+    // labels
+    bad("probes:\n  exec:\n    labels: [comm, pid]\n", 3, 20,
+        &["labels[1]", "probe `exec` has no label `pid`", "it can carry: comm"]),
+    bad("probes:\n  syscalls:\n    labels:\n      - syscall\n      - op\n", 5, 9,
+        &["probe `syscalls` has no label `op`", "syscall, comm"]),
+    bad("probes:\n  exit:\n    labels: [code, signal, code]\n", 3, 28, &["label `code` is listed twice"]),
+    bad("probes:\n  exec:\n    labels: comm\n", 3, 13, &["string \"comm\"", "a list of labels"]),
+    // filter
+    bad("probes:\n  exec:\n    filter:\n      comm: [bash, systemd-journald]\n", 4, 20,
+        &["comm[1]", "`systemd-journald`", "1 to 15 bytes"]),
+    bad("probes:\n  exec:\n    filter:\n      comm: [a, b, c, d, e, f, g, h, i]\n", 4, 38,
+        &["comm[8]", "at most 8 comm filters"]),
+    bad("probes:\n  exec:\n    filter:\n      comm: [\"\"]\n", 4, 14, &["comm ``", "1 to 15 bytes"]),
+    bad("probes:\n  exec:\n    filter:\n      comm: [sh, sh]\n", 4, 13, &["comm `sh` is listed twice"]),
+    bad("probes:\n  exec:\n    filter:\n      comm: bash\n", 4, 13, &["\"bash\"", "process names"]),
+    bad("probes:\n  exec:\n    filter:\n      pid: 0\n", 4, 12, &["filter.pid", "0 is out of range", "1..="]),
+    bad("probes:\n  exec:\n    filter:\n      pid: -3\n", 4, 12, &["-3 is out of range"]),
+    bad("probes:\n  exec:\n    filter:\n      pid: 4294967296\n", 4, 12, &["4294967296 is out of range"]),
+    bad("probes:\n  exec:\n    filter:\n      uid: 0\n", 4, 7,
+        &["unknown filter key `uid`", "expected one of: comm, pid"]),
+    // buckets
+    bad("probes:\n  syscalls:\n    buckets: [0.001, 0.01, 0.005]\n", 3, 28,
+        &["buckets[2]", "bounds must increase", "0.005 follows 0.01"]),
+    bad("probes:\n  file_open:\n    buckets: [1, 1]\n", 3, 18, &["bounds must increase: 1 follows 1"]),
+    bad("probes:\n  file_open:\n    buckets: [0]\n", 3, 15, &["bucket bound 0", "positive"]),
+    bad("probes:\n  file_open:\n    buckets: []\n", 3, 14, &["at least one upper bound"]),
+    bad("probes:\n  file_open:\n    buckets: linear\n", 3, 14, &["`linear`", "`exp2`"]),
+    bad("probes:\n  file_open:\n    buckets: [1ms]\n", 3, 15, &["`1ms`", "number of seconds"]),
+    // hook
+    bad("probes:\n  vfs_io:\n    hook: bogus\n", 3, 11,
+        &["unknown hook `bogus` for probe `vfs_io`", "expected one of: auto, kprobe, fentry"]),
+    bad("probes:\n  vfs_io:\n    hook: tracepoint\n", 3, 11, &["unknown hook `tracepoint`"]),
+    // ring_buffer
+    bad("ring_buffer:\n  size_bytes: 5000\nprobes:\n  exec:\n", 2, 15,
+        &["ring_buffer.size_bytes", "5000 is not a power of two"]),
+    bad("ring_buffer:\n  size_bytes: 2048\nprobes:\n  exec:\n", 2, 15, &["2048 is not a power of two from 4096"]),
+    bad("ring_buffer:\n  size_bytes: 1MiB\nprobes:\n  exec:\n", 2, 15, &["`1MiB`"]),
+    bad("ring_buffer:\n  size_bytes: 8192\n  wakeup_bytes: 8192\nprobes:\n  exec:\n", 3, 17,
+        &["ring_buffer.wakeup_bytes", "8192 must be smaller than size_bytes (8192)"]),
+    bad("ring_buffer:\n  wakeup_bytes: 65536\n  size_bytes: 65536\nprobes:\n  exec:\n", 3, 15,
+        &["ring_buffer.size_bytes", "65536 must be larger than wakeup_bytes (65536)"]),
+    // only the default size to compare with: reported at the mapping
+    bad("ring_buffer:\n  poll_interval_ms: 50\n  wakeup_bytes: 2000000\nprobes:\n  exec:\n", 2, 3,
+        &["ring_buffer", "wakeup_bytes (2000000) must be smaller than size_bytes (1048576, the default)"]),
+    bad("ring_buffer:\n  poll_interval_ms: 0\nprobes:\n  exec:\n", 2, 21, &["poll_interval_ms", "0 is out of range"]),
+    bad("ring_buffer:\n  size: 4096\nprobes:\n  exec:\n", 2, 3,
+        &["unknown ring_buffer key `size`", "size_bytes, wakeup_bytes, poll_interval_ms"]),
+    // const_labels
+    bad("const_labels:\n  env: prod\n  comm: x\nprobes:\n  exec:\n", 3, 3,
+        &["label `comm` is set by sonde itself"]),
+    bad("const_labels:\n  probe: x\nprobes:\n  exec:\n", 2, 3, &["label `probe` is set by sonde itself"]),
+    bad("const_labels:\n  team-name: x\nprobes:\n  exec:\n", 2, 3, &["invalid label name `team-name`"]),
+    bad("const_labels:\n  __name__: x\nprobes:\n  exec:\n", 2, 3, &["invalid label name `__name__`", "__"]),
+    bad("const_labels:\n  env: a\n  env: b\nprobes:\n  exec:\n", 3, 3, &["label `env` is listed twice"]),
+    bad("const_labels:\n  env: [a, b]\nprobes:\n  exec:\n", 2, 8,
+        &["const_labels.env", "sequence", "a label value"]),
+    bad("const_labels:\n  env: {a: b}\nprobes:\n  exec:\n", 2, 8, &["const_labels.env", "map", "a label value"]),
+    bad("const_labels:\n  env:\nprobes:\n  exec:\n", 2, 7, &["const_labels.env", "needs a value"]),
+    bad("const_labels:\n  env: ~\nprobes:\n  exec:\n", 2, 8, &["const_labels.env", "needs a value, not `~`"]),
+    bad("const_labels:\n  env: \"\"\nprobes:\n  exec:\n", 2, 8, &["needs a value"]),
+    bad("const_labels: [env]\nprobes:\n  exec:\n", 1, 15, &["const_labels", "sequence"]),
+    // not YAML at all
+    bad("probes:\n  exec: {\n", 3, 1, &["did not find expected node content"]),
+    bad("probes:\n\texec:\n", 2, 1, &["cannot start any token"]),
+];
+
+#[test]
+fn bad_configs_are_refused_at_the_fault() {
+    let mut failures = Vec::new();
+    for case in BAD {
+        let got = match parse(case.yaml) {
+            Ok(_) => {
+                failures.push(format!("accepted:\n{}", case.yaml));
+                continue;
+            }
+            Err(err) => err,
+        };
+        let ConfigError::Invalid { origin, line, column, message } = &got else {
+            failures.push(format!("no location in `{got}` for:\n{}", case.yaml));
+            continue;
+        };
+        let missing: Vec<&str> = case.mentions.iter().copied().filter(|m| !message.contains(m)).collect();
+        if origin != "test.yaml" || (*line, *column) != (case.line, case.column) || !missing.is_empty() {
+            failures.push(format!(
+                "want {}:{}, mentioning {:?}; got `{got}` (missing {missing:?}) for:\n{}",
+                case.line, case.column, case.mentions, case.yaml
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases:\n\n{}", failures.len(), BAD.len(), failures.join("\n\n"));
+}
+
+#[test]
+fn errors_read_file_line_column_message() {
+    let err = parse("probes:\n  exec:\n    labels: [pid]\n").expect_err("`pid` is no label of exec");
+    assert_eq!(
+        err.to_string(),
+        "test.yaml:3:14: probes.exec.labels[0]: probe `exec` has no label `pid`; it can carry: comm"
+    );
+    let err = parse("probes:\n  vfs_io:\n    hook: bogus\n").expect_err("no such hook");
+    assert_eq!(
+        err.to_string(),
+        "test.yaml:3:11: probes.vfs_io.hook: unknown hook `bogus` for probe `vfs_io`; expected one of: auto, kprobe, fentry"
+    );
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let err = Config::load(Path::new("/nonexistent/sonde.yaml")).expect_err("no such file");
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().starts_with("/nonexistent/sonde.yaml: cannot read config: "), "{err}");
+}
