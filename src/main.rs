@@ -1,15 +1,4 @@
-//! sonde: small probes in the Linux kernel, read out as Prometheus metrics.
-
-mod agent;
-mod bpf_stats;
-mod config;
-mod events;
-mod http;
-mod loader;
-mod metrics;
-mod probes;
-mod scrape;
-mod system;
+//! The `sonde` command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, ConfigError, ProbeConfig};
+use sonde::config::{self, Config, ConfigError, ProbeConfig};
+use sonde::{agent, loader, probes, system};
 
 /// Exit status for bad input (config, usage), as clap uses for usage errors.
 const EXIT_BAD_INPUT: u8 = 2;

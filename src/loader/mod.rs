@@ -160,7 +160,6 @@ impl CommonRodata {
 
 /// Copies `CommonRodata` into a skeleton's generated `rodata` type, whose
 /// fields of the same names come from `common.h`.
-#[macro_export]
 macro_rules! set_common_rodata {
     ($rodata:expr, $common:expr) => {{
         let rodata = $rodata;
@@ -172,6 +171,7 @@ macro_rules! set_common_rodata {
         rodata.wakeup_bytes = common.wakeup_bytes;
     }};
 }
+pub(crate) use set_common_rodata;
 
 /// Opens the skeleton, lets the probe set its `.rodata`, sizes the ring,
 /// keeps only `hook`'s programs, loads, and attaches each program.
