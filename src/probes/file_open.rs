@@ -45,7 +45,7 @@ fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Res
     let common = CommonRodata::new(&config.filter, ctx);
     loader::load_skeleton(FileOpenSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
         let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(rodata, &common);
+        loader::set_common_rodata!(&mut *rodata, &common);
         Ok(())
     })
 }

@@ -26,8 +26,8 @@ static SPEC: ProbeSpec = ProbeSpec {
     name: "syscalls",
     summary: "System calls by name (and optionally process name), with latency.",
     hooks: &[HookSpec {
-        kind: HookKind::RawTracepoint,
-        programs: &[("handle_sys_enter", "sys_enter"), ("handle_sys_exit", "sys_exit")],
+        kind: HookKind::BtfTracepoint,
+        programs: &[("handle_sys_enter", "raw_syscalls/sys_enter"), ("handle_sys_exit", "raw_syscalls/sys_exit")],
     }],
     metrics: &[
         MetricSpec { name: CALLS, kind: MetricKind::Counter, help: "System calls completed." },
@@ -40,9 +40,11 @@ static SPEC: ProbeSpec = ProbeSpec {
 fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
     let mut storage = MaybeUninit::uninit();
     let common = CommonRodata::new(&config.filter, ctx);
+    let want_comm = config.has_label("comm");
     loader::load_skeleton(SyscallsSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
         let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(rodata, &common);
+        loader::set_common_rodata!(&mut *rodata, &common);
+        rodata.want_comm = want_comm;
         Ok(())
     })
 }
