@@ -1,12 +1,14 @@
 //! The Prometheus registry with sonde's naming (prefix, constant labels),
 //! the self-metrics, and the per-probe series cache.
 
+pub mod local;
 mod series;
 
 use std::collections::HashMap;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+pub use local::{Counter, Family, Histogram};
 pub use series::SeriesCache;
 
 use crate::config::Config;
@@ -26,7 +28,7 @@ pub struct Metrics {
 pub struct SelfMetrics {
     pub probe_up: IntGaugeVec,
     pub probe_errors: IntCounterVec,
-    pub events_received: IntCounterVec,
+    pub events_received: Family<Counter>,
     pub events_lost: IntCounterVec,
     pub decode_errors: IntCounterVec,
     pub series_dropped: IntCounterVec,
@@ -67,7 +69,17 @@ impl Metrics {
                 "Probe load and attach failures, by stage.",
                 &["probe", "stage"],
             )?,
-            events_received: counter("events_received_total", "Events read from the probe's ring buffer.", &["probe"])?,
+            events_received: {
+                let f = Family::new(
+                    &format!("{prefix}_events_received_total"),
+                    "Events read from the probe's ring buffer.",
+                    &["probe"],
+                    &const_labels,
+                    Vec::new(),
+                )?;
+                registry.register(Box::new(f.clone()))?;
+                f
+            },
             events_lost: counter(
                 "events_lost_total",
                 "Events the probe produced but its ring buffer had no room for.",
@@ -92,32 +104,35 @@ impl Metrics {
         Ok(Metrics { registry, prefix, const_labels, series_limit: config.series_limit, agent })
     }
 
-    fn opts(&self, name: &str, help: &str) -> Opts {
-        Opts::new(name, help).namespace(&self.prefix).const_labels(self.const_labels.clone())
-    }
-
     /// The full name a metric is exported under.
     pub fn full_name(&self, name: &str) -> String {
         format!("{}_{}", self.prefix, name)
     }
 
-    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
-        let c = IntCounterVec::new(self.opts(name, help), labels)?;
-        self.registry.register(Box::new(c.clone()))?;
-        Ok(c)
-    }
-
-    pub fn histogram_vec(
+    /// A counter family written by the event reader thread only.
+    pub fn counter_family(
         &self,
         name: &str,
         help: &str,
         labels: &[&str],
-        buckets: Vec<f64>,
-    ) -> Result<HistogramVec, prometheus::Error> {
-        let opts = HistogramOpts { common_opts: self.opts(name, help), buckets };
-        let h = HistogramVec::new(opts, labels)?;
-        self.registry.register(Box::new(h.clone()))?;
-        Ok(h)
+    ) -> Result<Family<Counter>, prometheus::Error> {
+        let family = Family::new(&self.full_name(name), help, labels, &self.const_labels, Vec::new())?;
+        self.registry.register(Box::new(family.clone()))?;
+        Ok(family)
+    }
+
+    /// A duration histogram family (bounds in seconds) written by the event
+    /// reader thread only.
+    pub fn histogram_family(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        bounds: Vec<f64>,
+    ) -> Result<Family<Histogram>, prometheus::Error> {
+        let family = Family::new(&self.full_name(name), help, labels, &self.const_labels, bounds)?;
+        self.registry.register(Box::new(family.clone()))?;
+        Ok(family)
     }
 
     /// A cache of label sets for metrics `names` (unprefixed) carrying

@@ -2,13 +2,11 @@
 
 use std::mem::MaybeUninit;
 
-use prometheus::{Histogram, IntCounter};
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
 use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
-use crate::metrics::{label_values, Metrics, SeriesCache};
+use crate::metrics::{label_values, Counter, Histogram, Metrics, SeriesCache};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
@@ -57,7 +55,7 @@ pub fn syscall_name(nr: u32) -> String {
     }
 }
 
-type Handles = (IntCounter, Histogram);
+type Handles = (Counter, Histogram);
 
 struct Sink {
     key_syscall: bool,
@@ -68,10 +66,9 @@ struct Sink {
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
     let labels = config.labels.clone();
-    let calls = metrics.counter_vec(CALLS, SPEC.metrics[0].help, &labels)?;
-    let duration = metrics.histogram_vec(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
-    let build =
-        Box::new(move |values: &[String]| (calls.with_label_values(values), duration.with_label_values(values)));
+    let calls = metrics.counter_family(CALLS, SPEC.metrics[0].help, &labels)?;
+    let duration = metrics.histogram_family(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
+    let build = Box::new(move |values: &[String]| (calls.child(values), duration.child(values)));
     Ok(Box::new(Sink {
         key_syscall: config.has_label("syscall"),
         key_comm: config.has_label("comm"),
@@ -92,8 +89,8 @@ impl EventSink for Sink {
                 _ => comm_str(&event.comm),
             })
         });
-        count.inc();
-        latency.observe(event.duration_ns as f64 * 1e-9);
+        count.add(1);
+        latency.observe_ns(event.duration_ns);
         Ok(())
     }
 }
