@@ -58,7 +58,7 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 			bpf_get_current_comm(e->comm, TASK_COMM_LEN);
 		e->duration_ns = bpf_ktime_get_ns() - entry->ts;
 		e->nr = entry->nr;
-		event_submit(e);
+		submit_event(e);
 	}
 	entry->ts = 0;
 	return 0;

@@ -4,12 +4,12 @@
 //! Scrapes read the cells concurrently and publish them through the
 //! registry as ordinary Prometheus counters and histograms.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::core::Desc;
 
 /// Adds `n` to a cell that only the calling thread writes.
 #[inline]
@@ -61,75 +61,76 @@ impl Histogram {
         bump(&cells.buckets[i], 1);
         bump(&cells.sum_ns, ns);
     }
-
-    fn proto(&self, bounds: &[f64]) -> proto::Histogram {
-        let cells = &*self.0;
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(bounds.len());
-        for (bound, cell) in bounds.iter().zip(cells.buckets.iter()) {
-            cumulative += cell.load(Relaxed);
-            let mut b = proto::Bucket::default();
-            b.set_upper_bound(*bound);
-            b.set_cumulative_count(cumulative);
-            buckets.push(b);
-        }
-        let count = cumulative + cells.buckets.last().map(|c| c.load(Relaxed)).unwrap_or(0);
-        let mut h = proto::Histogram::default();
-        h.set_sample_count(count);
-        h.set_sample_sum(cells.sum_ns.load(Relaxed) as f64 * 1e-9);
-        h.set_bucket(buckets);
-        h
-    }
 }
 
 /// What a family's children are.
 pub trait Cell: Clone + Send + Sync + 'static {
-    const TYPE: MetricType;
+    const TYPE: &'static str;
     fn make(bounds_ns: &[u64]) -> Self;
-    fn fill(&self, metric: &mut proto::Metric, bounds: &[f64]);
+    /// Writes this child's samples; `labels` is its rendered label set,
+    /// `les` the rendered bucket bounds.
+    fn write(&self, out: &mut String, name: &str, labels: &str, les: &[String]);
 }
 
 impl Cell for Counter {
-    const TYPE: MetricType = MetricType::COUNTER;
+    const TYPE: &'static str = "counter";
 
     fn make(_: &[u64]) -> Self {
         Counter::default()
     }
 
-    fn fill(&self, metric: &mut proto::Metric, _: &[f64]) {
-        let mut c = proto::Counter::default();
-        c.set_value(self.get() as f64);
-        metric.set_counter(c);
+    fn write(&self, out: &mut String, name: &str, labels: &str, _: &[String]) {
+        sample(out, name, "", labels, self.get());
     }
 }
 
 impl Cell for Histogram {
-    const TYPE: MetricType = MetricType::HISTOGRAM;
+    const TYPE: &'static str = "histogram";
 
     fn make(bounds_ns: &[u64]) -> Self {
         Histogram::new(bounds_ns)
     }
 
-    fn fill(&self, metric: &mut proto::Metric, bounds: &[f64]) {
-        metric.set_histogram(self.proto(bounds));
+    fn write(&self, out: &mut String, name: &str, labels: &str, les: &[String]) {
+        let cells = &*self.0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (le, cell) in les.iter().zip(cells.buckets.iter()) {
+            cumulative += cell.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        sample(out, name, "_sum", labels, cells.sum_ns.load(Relaxed) as f64 * 1e-9);
+        sample(out, name, "_count", labels, cumulative);
     }
 }
 
-/// A labelled family of single-writer cells, registered like any other
-/// Prometheus collector.
+/// One sample line; no braces when there are no labels.
+fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, value: impl std::fmt::Display) {
+    let _ = if labels.is_empty() {
+        writeln!(out, "{name}{suffix} {value}")
+    } else {
+        writeln!(out, "{name}{suffix}{{{labels}}} {value}")
+    };
+}
+
+/// A labelled family of single-writer cells. It renders itself in the
+/// Prometheus text format straight from the cells: label sets are rendered
+/// once, when created, so a scrape formats only numbers.
 #[derive(Clone)]
 pub struct Family<C: Cell> {
     inner: Arc<FamilyInner<C>>,
 }
 
 struct FamilyInner<C> {
-    desc: Desc,
+    name: String,
+    header: String,
     label_names: Vec<String>,
-    const_labels: Vec<LabelPair>,
-    bounds: Vec<f64>,
+    const_labels: String,
+    /// Bucket bounds as `le` values, `+Inf` last; empty for counters.
+    les: Vec<String>,
     bounds_ns: Vec<u64>,
     /// Touched only when a label set is first seen and at scrape time.
-    children: Mutex<Vec<(Vec<String>, C)>>,
+    children: Mutex<Vec<(String, C)>>,
 }
 
 impl<C: Cell> Family<C> {
@@ -138,24 +139,33 @@ impl<C: Cell> Family<C> {
         name: &str,
         help: &str,
         label_names: &[&str],
-        const_labels: &HashMap<String, String>,
+        const_labels: &BTreeMap<String, String>,
         bounds: Vec<f64>,
     ) -> prometheus::Result<Self> {
-        let desc = Desc::new(
+        // Desc checks the metric and label names as the registry would.
+        let _ = Desc::new(
             name.to_string(),
             help.to_string(),
             label_names.iter().map(|l| l.to_string()).collect(),
-            const_labels.clone(),
+            const_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         )?;
-        let const_labels = desc.const_label_pairs.clone();
-        let bounds_ns = bounds.iter().map(|s| (s * 1e9).ceil() as u64).collect();
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let mut les: Vec<String> = bounds.iter().map(|b| b.to_string()).collect();
+        if C::TYPE == "histogram" {
+            les.push("+Inf".to_string());
+        }
         Ok(Family {
             inner: Arc::new(FamilyInner {
-                desc,
+                name: name.to_string(),
+                header: format!("# HELP {name} {help}\n# TYPE {name} {}\n", C::TYPE),
                 label_names: label_names.iter().map(|l| l.to_string()).collect(),
-                const_labels,
-                bounds,
-                bounds_ns,
+                const_labels: const_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                les,
+                bounds_ns: bounds.iter().map(|s| (s * 1e9).ceil() as u64).collect(),
                 children: Mutex::new(Vec::new()),
             }),
         })
@@ -164,44 +174,56 @@ impl<C: Cell> Family<C> {
     /// A new child for `values`; call once per label set (the series cache
     /// does) and keep the handle.
     pub fn child(&self, values: &[String]) -> C {
-        let cell = C::make(&self.inner.bounds_ns);
-        if let Ok(mut children) = self.inner.children.lock() {
-            children.push((values.to_vec(), cell.clone()));
+        let inner = &*self.inner;
+        let cell = C::make(&inner.bounds_ns);
+        let mut labels: Vec<String> =
+            inner.label_names.iter().zip(values).map(|(n, v)| format!("{n}=\"{}\"", escape(v))).collect();
+        if !inner.const_labels.is_empty() {
+            labels.push(inner.const_labels.clone());
+        }
+        if let Ok(mut children) = inner.children.lock() {
+            children.push((labels.join(","), cell.clone()));
         }
         cell
     }
 }
 
-impl<C: Cell> Collector for Family<C> {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.inner.desc]
+/// Something that renders itself into a scrape.
+pub trait Encode: Send + Sync {
+    fn name(&self) -> &str;
+    fn encode(&self, out: &mut String);
+}
+
+impl<C: Cell> Encode for Family<C> {
+    fn name(&self) -> &str {
+        &self.inner.name
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
+    fn encode(&self, out: &mut String) {
         let inner = &*self.inner;
-        let Ok(children) = inner.children.lock() else { return Vec::new() };
-        let mut metrics = Vec::with_capacity(children.len());
-        for (values, cell) in children.iter() {
-            let mut labels = inner.const_labels.clone();
-            for (name, value) in inner.label_names.iter().zip(values) {
-                let mut pair = LabelPair::default();
-                pair.set_name(name.clone());
-                pair.set_value(value.clone());
-                labels.push(pair);
-            }
-            labels.sort_by(|a, b| a.name().cmp(b.name()));
-            let mut metric = proto::Metric::default();
-            metric.set_label(labels);
-            cell.fill(&mut metric, &inner.bounds);
-            metrics.push(metric);
+        let Ok(children) = inner.children.lock() else { return };
+        if children.is_empty() {
+            return;
         }
-        let mut family = MetricFamily::default();
-        family.set_name(inner.desc.fq_name.clone());
-        family.set_help(inner.desc.help.clone());
-        family.set_field_type(C::TYPE);
-        family.set_metric(metrics);
-        vec![family]
+        out.push_str(&inner.header);
+        for (labels, cell) in children.iter() {
+            cell.write(out, &inner.name, labels, &inner.les);
+        }
     }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -211,28 +233,40 @@ mod tests {
     #[test]
     fn histogram_buckets_are_inclusive_upper_bounds() {
         let family: Family<Histogram> =
-            Family::new("h", "help", &["k"], &HashMap::new(), vec![0.000001, 0.000002]).expect("family");
+            Family::new("h", "help", &["k"], &BTreeMap::new(), vec![0.000001, 0.000002]).expect("family");
         let h = family.child(&["a".into()]);
         for ns in [0, 1000, 1001, 2000, 5000] {
             h.observe_ns(ns);
         }
-        let mf = family.collect();
-        let hist = mf[0].get_metric()[0].get_histogram();
-        let counts: Vec<u64> = hist.get_bucket().iter().map(|b| b.cumulative_count()).collect();
-        assert_eq!(counts, vec![2, 4]);
-        assert_eq!(hist.get_sample_count(), 5);
-        assert!((hist.get_sample_sum() - 9001e-9).abs() < 1e-15);
+        let mut out = String::new();
+        family.encode(&mut out);
+        assert_eq!(
+            out,
+            "# HELP h help\n# TYPE h histogram\n\
+             h_bucket{k=\"a\",le=\"0.000001\"} 2\n\
+             h_bucket{k=\"a\",le=\"0.000002\"} 4\n\
+             h_bucket{k=\"a\",le=\"+Inf\"} 5\n\
+             h_sum{k=\"a\"} 0.000009001\n\
+             h_count{k=\"a\"} 5\n"
+        );
     }
 
     #[test]
-    fn counters_export_their_labels() {
-        let consts = HashMap::from([("node".to_string(), "n1".to_string())]);
+    fn counters_render_escaped_and_constant_labels() {
+        let consts = BTreeMap::from([("node".to_string(), "n1".to_string())]);
         let family: Family<Counter> = Family::new("c_total", "help", &["comm"], &consts, vec![]).expect("family");
-        family.child(&["bash".into()]).add(3);
-        let mf = family.collect();
-        let metric = &mf[0].get_metric()[0];
-        let labels: Vec<(&str, &str)> = metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
-        assert_eq!(labels, vec![("comm", "bash"), ("node", "n1")]);
-        assert_eq!(metric.get_counter().get_value(), 3.0);
+        family.child(&["ba\"sh\\".into()]).add(3);
+        let mut out = String::new();
+        family.encode(&mut out);
+        assert_eq!(out, "# HELP c_total help\n# TYPE c_total counter\nc_total{comm=\"ba\\\"sh\\\\\",node=\"n1\"} 3\n");
+    }
+
+    #[test]
+    fn empty_family_renders_nothing() {
+        let family: Family<Counter> =
+            Family::new("c_total", "help", &["comm"], &BTreeMap::new(), vec![]).expect("family");
+        let mut out = String::new();
+        family.encode(&mut out);
+        assert!(out.is_empty());
     }
 }
