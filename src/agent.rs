@@ -100,7 +100,7 @@ pub fn run(config: Config) -> Result<()> {
                     probe: name,
                     ring: loaded.events,
                     sink,
-                    received: metrics.agent.events_received.with_label_values(&[name]),
+                    received: metrics.agent.events_received.child(&[name.to_string()]),
                     decode_errors: metrics.agent.decode_errors.with_label_values(&[name]),
                 });
                 scraper.add(KernelCounters { probe: name, lost: loaded.lost, programs: loaded.programs });
@@ -112,7 +112,7 @@ pub fn run(config: Config) -> Result<()> {
                     metrics.agent.probe_errors.with_label_values(&[name, err.stage()]).inc();
                 }
                 // Make the counters exist at zero so dashboards see the probe.
-                metrics.agent.events_received.with_label_values(&[name]);
+                metrics.agent.events_received.child(&[name.to_string()]);
                 failures.push((name, failure));
             }
         }

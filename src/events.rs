@@ -12,6 +12,8 @@ use libbpf_rs::{MapHandle, RingBufferBuilder};
 use plain::Plain;
 use prometheus::IntCounter;
 
+use crate::metrics::Counter;
+
 /// Turns one probe's events into metric updates.
 pub trait EventSink: Send {
     fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError>;
@@ -35,7 +37,7 @@ pub struct Source {
     pub probe: &'static str,
     pub ring: MapHandle,
     pub sink: Box<dyn EventSink>,
-    pub received: IntCounter,
+    pub received: Counter,
     pub decode_errors: IntCounter,
 }
 
@@ -107,7 +109,7 @@ fn run(
     let mut builder = RingBufferBuilder::new();
     for ((probe, ring), (mut sink, received, decode_errors)) in rings.iter().zip(handlers) {
         let added = builder.add(ring, move |data: &[u8]| {
-            received.inc();
+            received.add(1);
             if let Err(err) = sink.handle(data) {
                 decode_errors.inc();
                 tracing::trace!(probe = *probe, error = %err, "undecodable event");

@@ -52,7 +52,7 @@ impl Scraper {
     }
 
     /// Brings kernel-side counters up to date, then encodes everything.
-    pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
+    pub fn render(&self) -> Result<String, prometheus::Error> {
         self.refresh();
         self.metrics.encode()
     }

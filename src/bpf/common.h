@@ -16,9 +16,10 @@ const volatile __u32 filter_tgid = 0;      /* 0: any process */
 const volatile __u32 ignore_tgid = 0;      /* the agent itself */
 const volatile __u32 filter_comm_count = 0;
 const volatile char filter_comms[MAX_COMM_FILTERS][TASK_COMM_LEN] = {};
-/* Wake the reader only once this many bytes wait in the ring; 0 wakes it on
- * every event. The reader also drains the ring on a timer, so nothing waits
- * longer than one poll interval. */
+/* Wake the reader each time another this many bytes wait in the ring; 0
+ * lets the kernel wake it whenever it has caught up (about once per event
+ * under load). The reader also drains the rings on a timer, so nothing
+ * waits longer than one poll interval. */
 const volatile __u64 wakeup_bytes = 0;
 
 struct {
@@ -88,13 +89,28 @@ static __always_inline void *event_reserve(__u64 size)
 	return e;
 }
 
-static __always_inline void event_submit(void *e)
+/* A record's footprint in the ring: an 8-byte header, then the data
+ * padded to 8 bytes. */
+#define RECORD_BYTES(size) ((((size) + 7) & ~7ULL) + 8)
+
+/* Submits with a wakeup only when this record takes the waiting bytes past
+ * a multiple of wakeup_bytes: one wakeup per wakeup_bytes of data. The
+ * kernel's default ("wake if the reader has caught up") would never fire
+ * here, because earlier records were submitted without a wakeup; forcing
+ * one for every record past the threshold would cost an interrupt each. A
+ * crossing missed to a race between CPUs is caught at the next multiple. */
+static __always_inline void event_submit(void *e, __u64 record_bytes)
 {
 	__u64 flags = 0;
 
-	if (wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) < wakeup_bytes)
-		flags = BPF_RB_NO_WAKEUP;
+	if (wakeup_bytes) {
+		__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+		__u64 before = avail > record_bytes ? avail - record_bytes : 0;
+
+		flags = avail / wakeup_bytes != before / wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	}
 	bpf_ringbuf_submit(e, flags);
 }
 
 #define reserve_event(type) ((type *)event_reserve(sizeof(type)))
+#define submit_event(e) event_submit((e), RECORD_BYTES(sizeof(*(e))))

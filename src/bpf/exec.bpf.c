@@ -21,7 +21,7 @@ int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 	if (!e)
 		return 0;
 	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
-	event_submit(e);
+	submit_event(e);
 	return 0;
 }
 

@@ -28,7 +28,7 @@ int handle_exit(void *ctx)
 		return 0;
 	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
 	e->exit_code = BPF_CORE_READ(task, exit_code);
-	event_submit(e);
+	submit_event(e);
 	return 0;
 }
 

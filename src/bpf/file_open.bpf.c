@@ -48,7 +48,7 @@ int handle_openat_exit(struct trace_event_raw_sys_exit *ctx)
 		bpf_get_current_comm(e->comm, TASK_COMM_LEN);
 		e->duration_ns = bpf_ktime_get_ns() - *ts;
 		e->ret = (__s32)ctx->ret;
-		event_submit(e);
+		submit_event(e);
 	}
 	bpf_map_delete_elem(&start, &tid);
 	return 0;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* syscalls: every system call with its number and latency, entry and exit
- * paired by thread id on the raw_syscalls tracepoints. */
+ * paired through task-local storage on the BTF raw tracepoints. */
 #include "common.h"
 
 struct event {
@@ -10,52 +10,57 @@ struct event {
 };
 
 const volatile struct event event_type = {};
+/* Whether events carry the comm: reading it costs on every syscall. */
+const volatile bool want_comm = false;
 
 struct entry {
-	__u64 ts;
+	__u64 ts; /* 0: no syscall in flight */
 	__u32 nr;
 };
 
+/* Task-local storage: one pointer away from the task, where a hash map
+ * would cost a lookup at entry and a lookup and delete at exit. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct entry);
 } start SEC(".maps");
 
-SEC("raw_tracepoint/sys_enter")
-int handle_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/sys_enter")
+int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	char comm[TASK_COMM_LEN];
-	struct entry entry;
+	struct entry *entry;
 
 	if (filter_comm_count ? !task_wanted(comm) : !tgid_wanted())
 		return 0;
-	entry.ts = bpf_ktime_get_ns();
-	entry.nr = (__u32)ctx->args[1];
-	bpf_map_update_elem(&start, &tid, &entry, BPF_ANY);
+	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!entry)
+		return 0;
+	entry->ts = bpf_ktime_get_ns();
+	entry->nr = (__u32)id;
 	return 0;
 }
 
-SEC("raw_tracepoint/sys_exit")
-int handle_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct entry *entry;
 	struct event *e;
 
-	entry = bpf_map_lookup_elem(&start, &tid);
-	if (!entry)
+	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
+	if (!entry || !entry->ts)
 		return 0;
 	e = reserve_event(struct event);
 	if (e) {
-		bpf_get_current_comm(e->comm, TASK_COMM_LEN);
+		if (want_comm)
+			bpf_get_current_comm(e->comm, TASK_COMM_LEN);
 		e->duration_ns = bpf_ktime_get_ns() - entry->ts;
 		e->nr = entry->nr;
-		event_submit(e);
+		submit_event(e);
 	}
-	bpf_map_delete_elem(&start, &tid);
+	entry->ts = 0;
 	return 0;
 }
 

@@ -31,7 +31,7 @@ static __always_inline int emit(enum vfs_op op, long ret)
 	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
 	e->ret = ret;
 	e->op = op;
-	event_submit(e);
+	submit_event(e);
 	return 0;
 }
 

@@ -1,12 +1,16 @@
 //! The Prometheus registry with sonde's naming (prefix, constant labels),
 //! the self-metrics, and the per-probe series cache.
 
+pub mod local;
 mod series;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use local::Encode;
+pub use local::{Counter, Family, Histogram};
 pub use series::SeriesCache;
 
 use crate::config::Config;
@@ -17,7 +21,9 @@ pub const SELF_LABELS: &[&str] = &["probe", "hook", "stage", "metric", "version"
 pub struct Metrics {
     registry: Registry,
     prefix: String,
-    const_labels: HashMap<String, String>,
+    const_labels: BTreeMap<String, String>,
+    /// Probe metrics and events_received, rendered after the registry.
+    families: Mutex<Vec<Arc<dyn Encode>>>,
     pub series_limit: usize,
     pub agent: SelfMetrics,
 }
@@ -26,7 +32,7 @@ pub struct Metrics {
 pub struct SelfMetrics {
     pub probe_up: IntGaugeVec,
     pub probe_errors: IntCounterVec,
-    pub events_received: IntCounterVec,
+    pub events_received: Family<Counter>,
     pub events_lost: IntCounterVec,
     pub decode_errors: IntCounterVec,
     pub series_dropped: IntCounterVec,
@@ -38,9 +44,9 @@ impl Metrics {
     pub fn new(config: &Config) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let prefix = config.metric_prefix.clone();
-        let const_labels: HashMap<String, String> =
-            config.const_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(&prefix).const_labels(const_labels.clone());
+        let const_labels = config.const_labels.clone();
+        let hashed: HashMap<String, String> = const_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(&prefix).const_labels(hashed.clone());
         let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
             let c = IntCounterVec::new(opts(name, help), labels)?;
             registry.register(Box::new(c.clone()))?;
@@ -67,7 +73,13 @@ impl Metrics {
                 "Probe load and attach failures, by stage.",
                 &["probe", "stage"],
             )?,
-            events_received: counter("events_received_total", "Events read from the probe's ring buffer.", &["probe"])?,
+            events_received: Family::new(
+                &format!("{prefix}_events_received_total"),
+                "Events read from the probe's ring buffer.",
+                &["probe"],
+                &const_labels,
+                Vec::new(),
+            )?,
             events_lost: counter(
                 "events_lost_total",
                 "Events the probe produced but its ring buffer had no room for.",
@@ -89,11 +101,15 @@ impl Metrics {
         let build_info =
             gauge("build_info", "sonde's version and the libbpf it was built with.", &["version", "libbpf"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &libbpf_version()]).set(1);
-        Ok(Metrics { registry, prefix, const_labels, series_limit: config.series_limit, agent })
-    }
-
-    fn opts(&self, name: &str, help: &str) -> Opts {
-        Opts::new(name, help).namespace(&self.prefix).const_labels(self.const_labels.clone())
+        let families: Vec<Arc<dyn Encode>> = vec![Arc::new(agent.events_received.clone())];
+        Ok(Metrics {
+            registry,
+            prefix,
+            const_labels,
+            families: Mutex::new(families),
+            series_limit: config.series_limit,
+            agent,
+        })
     }
 
     /// The full name a metric is exported under.
@@ -101,23 +117,40 @@ impl Metrics {
         format!("{}_{}", self.prefix, name)
     }
 
-    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
-        let c = IntCounterVec::new(self.opts(name, help), labels)?;
-        self.registry.register(Box::new(c.clone()))?;
-        Ok(c)
-    }
-
-    pub fn histogram_vec(
+    /// A counter family written by the event reader thread only.
+    pub fn counter_family(
         &self,
         name: &str,
         help: &str,
         labels: &[&str],
-        buckets: Vec<f64>,
-    ) -> Result<HistogramVec, prometheus::Error> {
-        let opts = HistogramOpts { common_opts: self.opts(name, help), buckets };
-        let h = HistogramVec::new(opts, labels)?;
-        self.registry.register(Box::new(h.clone()))?;
-        Ok(h)
+    ) -> Result<Family<Counter>, prometheus::Error> {
+        let family = Family::new(&self.full_name(name), help, labels, &self.const_labels, Vec::new())?;
+        self.add_family(Arc::new(family.clone()))?;
+        Ok(family)
+    }
+
+    /// A duration histogram family (bounds in seconds) written by the event
+    /// reader thread only.
+    pub fn histogram_family(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        bounds: Vec<f64>,
+    ) -> Result<Family<Histogram>, prometheus::Error> {
+        let family = Family::new(&self.full_name(name), help, labels, &self.const_labels, bounds)?;
+        self.add_family(Arc::new(family.clone()))?;
+        Ok(family)
+    }
+
+    fn add_family(&self, family: Arc<dyn Encode>) -> Result<(), prometheus::Error> {
+        let mut families = self.families.lock().map_err(|_| prometheus::Error::Msg("metrics lock poisoned".into()))?;
+        if families.iter().any(|f| f.name() == family.name()) {
+            return Err(prometheus::Error::AlreadyReg);
+        }
+        families.push(family);
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(())
     }
 
     /// A cache of label sets for metrics `names` (unprefixed) carrying
@@ -134,9 +167,13 @@ impl Metrics {
     }
 
     /// Everything in the Prometheus text format.
-    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut out = String::with_capacity(64 * 1024);
+        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)?;
+        let families = self.families.lock().map_err(|_| prometheus::Error::Msg("metrics lock poisoned".into()))?;
+        for family in families.iter() {
+            family.encode(&mut out);
+        }
         Ok(out)
     }
 }

@@ -2,13 +2,11 @@
 
 use std::mem::MaybeUninit;
 
-use prometheus::IntCounter;
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
 use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
-use crate::metrics::{label_values, Metrics, SeriesCache};
+use crate::metrics::{label_values, Counter, Metrics, SeriesCache};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/exec.skel.rs"));
@@ -35,7 +33,7 @@ fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Res
     let common = CommonRodata::new(&config.filter, ctx);
     loader::load_skeleton(ExecSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
         let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(rodata, &common);
+        loader::set_common_rodata!(&mut *rodata, &common);
         Ok(())
     })
 }
@@ -43,13 +41,13 @@ fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Res
 struct Sink {
     by_comm: bool,
     labels: Vec<&'static str>,
-    series: SeriesCache<[u8; 16], IntCounter>,
+    series: SeriesCache<[u8; 16], Counter>,
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
     let labels = config.labels.clone();
-    let family = metrics.counter_vec(EXECS, SPEC.metrics[0].help, &labels)?;
-    let build = Box::new(move |values: &[String]| family.with_label_values(values));
+    let family = metrics.counter_family(EXECS, SPEC.metrics[0].help, &labels)?;
+    let build = Box::new(move |values: &[String]| family.child(values));
     Ok(Box::new(Sink {
         by_comm: config.has_label("comm"),
         series: metrics.series_cache(&[EXECS], labels.len(), build),
@@ -62,7 +60,7 @@ impl EventSink for Sink {
         let event: &types::event = decode(data)?;
         let key = if self.by_comm { comm_key(&event.comm) } else { [0; 16] };
         let labels = &self.labels;
-        self.series.get(key, || label_values(labels, |_| comm_str(&event.comm))).inc();
+        self.series.get(key, || label_values(labels, |_| comm_str(&event.comm))).add(1);
         Ok(())
     }
 }

@@ -2,13 +2,11 @@
 
 use std::mem::MaybeUninit;
 
-use prometheus::IntCounter;
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
 use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
-use crate::metrics::{label_values, Metrics, SeriesCache};
+use crate::metrics::{label_values, Counter, Metrics, SeriesCache};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/exit.skel.rs"));
@@ -39,7 +37,7 @@ fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Res
     let common = CommonRodata::new(&config.filter, ctx);
     loader::load_skeleton(ExitSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
         let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(rodata, &common);
+        loader::set_common_rodata!(&mut *rodata, &common);
         Ok(())
     })
 }
@@ -63,13 +61,13 @@ struct Sink {
     key_comm: bool,
     key_status: bool,
     labels: Vec<&'static str>,
-    series: SeriesCache<([u8; 16], u32), IntCounter>,
+    series: SeriesCache<([u8; 16], u32), Counter>,
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
     let labels = config.labels.clone();
-    let family = metrics.counter_vec(EXITS, SPEC.metrics[0].help, &labels)?;
-    let build = Box::new(move |values: &[String]| family.with_label_values(values));
+    let family = metrics.counter_family(EXITS, SPEC.metrics[0].help, &labels)?;
+    let build = Box::new(move |values: &[String]| family.child(values));
     Ok(Box::new(Sink {
         key_comm: config.has_label("comm"),
         key_status: config.has_label("code") || config.has_label("signal"),
@@ -94,7 +92,7 @@ impl EventSink for Sink {
                     _ => signal.clone(),
                 })
             })
-            .inc();
+            .add(1);
         Ok(())
     }
 }

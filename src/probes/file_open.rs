@@ -2,13 +2,11 @@
 
 use std::mem::MaybeUninit;
 
-use prometheus::{Histogram, IntCounter};
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
 use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
-use crate::metrics::{label_values, Metrics, SeriesCache};
+use crate::metrics::{label_values, Counter, Histogram, Metrics, SeriesCache};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/file_open.skel.rs"));
@@ -45,7 +43,7 @@ fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Res
     let common = CommonRodata::new(&config.filter, ctx);
     loader::load_skeleton(FileOpenSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
         let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(rodata, &common);
+        loader::set_common_rodata!(&mut *rodata, &common);
         Ok(())
     })
 }
@@ -61,7 +59,7 @@ pub fn result_label(ret: i32) -> String {
     }
 }
 
-type Handles = (IntCounter, Histogram);
+type Handles = (Counter, Histogram);
 
 struct Sink {
     key_comm: bool,
@@ -72,10 +70,9 @@ struct Sink {
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
     let labels = config.labels.clone();
-    let opens = metrics.counter_vec(OPENS, SPEC.metrics[0].help, &labels)?;
-    let duration = metrics.histogram_vec(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
-    let build =
-        Box::new(move |values: &[String]| (opens.with_label_values(values), duration.with_label_values(values)));
+    let opens = metrics.counter_family(OPENS, SPEC.metrics[0].help, &labels)?;
+    let duration = metrics.histogram_family(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
+    let build = Box::new(move |values: &[String]| (opens.child(values), duration.child(values)));
     Ok(Box::new(Sink {
         key_comm: config.has_label("comm"),
         key_result: config.has_label("result"),
@@ -96,8 +93,8 @@ impl EventSink for Sink {
                 _ => result_label(result),
             })
         });
-        count.inc();
-        latency.observe(event.duration_ns as f64 * 1e-9);
+        count.add(1);
+        latency.observe_ns(event.duration_ns);
         Ok(())
     }
 }

@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HookKind {
     Tracepoint,
-    RawTracepoint,
+    /// BTF-typed raw tracepoint (`tp_btf`).
+    BtfTracepoint,
     Kprobe,
     Fentry,
 }
@@ -27,7 +28,7 @@ impl HookKind {
     pub fn name(self) -> &'static str {
         match self {
             HookKind::Tracepoint => "tracepoint",
-            HookKind::RawTracepoint => "raw_tracepoint",
+            HookKind::BtfTracepoint => "tp_btf",
             HookKind::Kprobe => "kprobe",
             HookKind::Fentry => "fentry",
         }

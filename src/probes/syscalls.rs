@@ -2,13 +2,11 @@
 
 use std::mem::MaybeUninit;
 
-use prometheus::{Histogram, IntCounter};
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
 use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
-use crate::metrics::{label_values, Metrics, SeriesCache};
+use crate::metrics::{label_values, Counter, Histogram, Metrics, SeriesCache};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
@@ -26,8 +24,8 @@ static SPEC: ProbeSpec = ProbeSpec {
     name: "syscalls",
     summary: "System calls by name (and optionally process name), with latency.",
     hooks: &[HookSpec {
-        kind: HookKind::RawTracepoint,
-        programs: &[("handle_sys_enter", "sys_enter"), ("handle_sys_exit", "sys_exit")],
+        kind: HookKind::BtfTracepoint,
+        programs: &[("handle_sys_enter", "raw_syscalls/sys_enter"), ("handle_sys_exit", "raw_syscalls/sys_exit")],
     }],
     metrics: &[
         MetricSpec { name: CALLS, kind: MetricKind::Counter, help: "System calls completed." },
@@ -40,9 +38,11 @@ static SPEC: ProbeSpec = ProbeSpec {
 fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
     let mut storage = MaybeUninit::uninit();
     let common = CommonRodata::new(&config.filter, ctx);
+    let want_comm = config.has_label("comm");
     loader::load_skeleton(SyscallsSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
         let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(rodata, &common);
+        loader::set_common_rodata!(&mut *rodata, &common);
+        rodata.want_comm = want_comm;
         Ok(())
     })
 }
@@ -55,7 +55,7 @@ pub fn syscall_name(nr: u32) -> String {
     }
 }
 
-type Handles = (IntCounter, Histogram);
+type Handles = (Counter, Histogram);
 
 struct Sink {
     key_syscall: bool,
@@ -66,10 +66,9 @@ struct Sink {
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
     let labels = config.labels.clone();
-    let calls = metrics.counter_vec(CALLS, SPEC.metrics[0].help, &labels)?;
-    let duration = metrics.histogram_vec(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
-    let build =
-        Box::new(move |values: &[String]| (calls.with_label_values(values), duration.with_label_values(values)));
+    let calls = metrics.counter_family(CALLS, SPEC.metrics[0].help, &labels)?;
+    let duration = metrics.histogram_family(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
+    let build = Box::new(move |values: &[String]| (calls.child(values), duration.child(values)));
     Ok(Box::new(Sink {
         key_syscall: config.has_label("syscall"),
         key_comm: config.has_label("comm"),
@@ -90,8 +89,8 @@ impl EventSink for Sink {
                 _ => comm_str(&event.comm),
             })
         });
-        count.inc();
-        latency.observe(event.duration_ns as f64 * 1e-9);
+        count.add(1);
+        latency.observe_ns(event.duration_ns);
         Ok(())
     }
 }

@@ -4,13 +4,11 @@
 
 use std::mem::MaybeUninit;
 
-use prometheus::IntCounter;
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
 use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
-use crate::metrics::{label_values, Metrics, SeriesCache};
+use crate::metrics::{label_values, Counter, Metrics, SeriesCache};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/vfs_io.skel.rs"));
@@ -54,7 +52,7 @@ fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Res
     let common = CommonRodata::new(&config.filter, ctx);
     loader::load_skeleton(VfsIoSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
         let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(rodata, &common);
+        loader::set_common_rodata!(&mut *rodata, &common);
         Ok(())
     })
 }
@@ -67,7 +65,7 @@ fn op_name(op: u32) -> &'static str {
     }
 }
 
-type Handles = (IntCounter, IntCounter);
+type Handles = (Counter, Counter);
 
 struct Sink {
     key_comm: bool,
@@ -78,9 +76,9 @@ struct Sink {
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
     let labels = config.labels.clone();
-    let calls = metrics.counter_vec(CALLS, SPEC.metrics[0].help, &labels)?;
-    let bytes = metrics.counter_vec(BYTES, SPEC.metrics[1].help, &labels)?;
-    let build = Box::new(move |values: &[String]| (calls.with_label_values(values), bytes.with_label_values(values)));
+    let calls = metrics.counter_family(CALLS, SPEC.metrics[0].help, &labels)?;
+    let bytes = metrics.counter_family(BYTES, SPEC.metrics[1].help, &labels)?;
+    let build = Box::new(move |values: &[String]| (calls.child(values), bytes.child(values)));
     Ok(Box::new(Sink {
         key_comm: config.has_label("comm"),
         key_op: config.has_label("op"),
@@ -101,9 +99,9 @@ impl EventSink for Sink {
                 _ => op_name(op).to_string(),
             })
         });
-        count.inc();
+        count.add(1);
         if event.ret > 0 {
-            moved.inc_by(event.ret as u64);
+            moved.add(event.ret as u64);
         }
         Ok(())
     }

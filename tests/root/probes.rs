@@ -109,7 +109,7 @@ fn syscalls_by_name() -> Result<(), Failed> {
     check("histogram count", metrics.value("sonde_syscall_duration_seconds_count", &labels), 31.0)?;
     let le_8s = metrics.value("sonde_syscall_duration_seconds_bucket", &[labels[0], labels[1], ("le", "+Inf")]);
     check("histogram +Inf bucket", le_8s, 31.0)?;
-    matrix("syscalls", "raw_tracepoint", "ok");
+    matrix("syscalls", "tp_btf", "ok");
     Ok(())
 }
 
