@@ -24,9 +24,9 @@ fn config(yaml: &str) -> Config {
 fn registry(n: usize) -> Metrics {
     let metrics = Metrics::new(&config("probes:\n  exec: {}\n")).expect("metrics");
     let family =
-        metrics.counter_vec("bench_series_total", "Series for the encode benchmark.", &["key"]).expect("family");
+        metrics.counter_family("bench_series_total", "Series for the encode benchmark.", &["key"]).expect("family");
     for i in 0..n {
-        family.with_label_values(&[&format!("series-{i:06}")]).inc_by(i as u64);
+        family.child(&[format!("series-{i:06}")]).add(i as u64);
     }
     metrics
 }
@@ -51,23 +51,20 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-/// The `syscalls` probe's ring buffer record (`struct event` in
-/// `src/bpf/syscalls.bpf.c`). The probe's own type is private to it; the
-/// sanity check in `syscalls_sink` fails if this copy drifts from it.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct Event {
-    comm: [u8; 16],
-    duration_ns: u64,
-    nr: u32,
-    _pad: u32,
+use sonde::probes::syscalls::Event;
+
+fn new_event(comm: &[u8], duration_ns: u64, nr: u32) -> Event {
+    let mut event = Event { duration_ns, nr, ..Default::default() };
+    for (dst, src) in event.comm.iter_mut().zip(comm) {
+        *dst = *src as i8;
+    }
+    event
 }
 
-impl Event {
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: repr(C) plain data with explicit padding, no uninit bytes.
-        unsafe { std::slice::from_raw_parts((self as *const Event).cast::<u8>(), std::mem::size_of::<Event>()) }
-    }
+fn bytes(event: &Event) -> &[u8] {
+    // SAFETY: the generated type is plain data whose padding is spelled out
+    // as fields, so every byte is initialised.
+    unsafe { plain::as_bytes(event) }
 }
 
 /// The syscalls probe's sink on a fresh registry, as the agent builds it.
@@ -77,9 +74,9 @@ fn syscalls_sink(labels: &str) -> (Metrics, Box<dyn EventSink>) {
     let probe = sonde::probes::probe("syscalls").expect("syscalls probe");
     let mut sink = (probe.sink)(&config.probes[0], &metrics).expect("sink");
     let nr = syscalls::Sysno::getppid.id() as u32;
-    let getppid = Event { comm: *b"bench\0\0\0\0\0\0\0\0\0\0\0", duration_ns: 1500, nr, _pad: 0 };
-    sink.handle(getppid.bytes()).expect("the bench event decodes");
-    let text = String::from_utf8(metrics.encode().expect("encode")).expect("utf-8");
+    let getppid = new_event(b"bench", 1500, nr);
+    sink.handle(bytes(&getppid)).expect("the bench event decodes");
+    let text = metrics.encode().expect("encode");
     assert!(
         text.lines()
             .any(|l| l.starts_with("sonde_syscalls_total{") && l.contains("syscall=\"getppid\"") && l.ends_with(" 1")),
@@ -97,21 +94,17 @@ fn event(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH));
     for labels in ["syscall", "syscall, comm"] {
         let (metrics, mut sink) = syscalls_sink(labels);
-        let received = metrics.agent.events_received.with_label_values(&["syscalls"]);
+        let received = metrics.agent.events_received.child(&["syscalls".to_string()]);
         let events: Vec<Event> = (0..BATCH as u32)
-            .map(|i| {
-                let mut comm = *b"worker-00\0\0\0\0\0\0\0";
-                comm[7] = b'0' + (i % 4) as u8;
-                Event { comm, duration_ns: 200 + u64::from(i % 5000) * 37, nr: i % KEYS, _pad: 0 }
-            })
+            .map(|i| new_event(format!("worker-0{}", i % 4).as_bytes(), 200 + u64::from(i % 5000) * 37, i % KEYS))
             .collect();
         let id = labels.replace(", ", "+");
         group.bench_function(BenchmarkId::from_parameter(id), |b| {
             b.iter(|| {
                 for e in &events {
                     // what the ring buffer callback in events.rs does per record
-                    received.inc();
-                    black_box(sink.handle(e.bytes())).expect("decodes");
+                    received.add(1);
+                    black_box(sink.handle(bytes(e))).expect("decodes");
                 }
             })
         });

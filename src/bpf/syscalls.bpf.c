@@ -49,6 +49,10 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	struct entry *entry;
 	struct event *e;
 
+	/* Other processes never have an entry; with a pid filter, skip the
+	 * storage lookup for them. */
+	if (filter_tgid && !tgid_wanted())
+		return 0;
 	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
 	if (!entry || !entry->ts)
 		return 0;

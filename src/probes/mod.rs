@@ -6,7 +6,7 @@
 mod exec;
 mod exit;
 mod file_open;
-mod syscalls;
+pub mod syscalls;
 mod vfs_io;
 
 use crate::config::ProbeConfig;

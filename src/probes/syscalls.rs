@@ -15,6 +15,9 @@ use skel::{types, SyscallsSkelBuilder};
 
 unsafe impl plain::Plain for types::event {}
 
+/// The probe's ring buffer record, as the skeleton generates it from C.
+pub type Event = types::event;
+
 const CALLS: &str = "syscalls_total";
 const DURATION: &str = "syscall_duration_seconds";
 
