@@ -80,6 +80,9 @@ pub fn run(config: Config) -> Result<()> {
         None
     };
     let scraper = Arc::new(Scraper::new(metrics.clone(), stats_guard.is_some() || bpf_stats::sysctl_enabled()));
+    // Installed before anything is loaded, so that a SIGTERM at any point
+    // (even the moment /healthz turns ready) detaches cleanly.
+    let signals = runtime.block_on(async { Signals::install() })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let server = runtime.spawn(http::serve(listener, scraper.clone(), shutdown_rx));
     tracing::info!(listen = %config.listen, "serving /metrics");
@@ -131,7 +134,7 @@ pub fn run(config: Config) -> Result<()> {
         "ready"
     );
 
-    let signal = runtime.block_on(wait_for_signal())?;
+    let signal = runtime.block_on(signals.wait());
     tracing::info!(signal, "shutting down");
     consumer.stop();
     drop(attached);
@@ -152,14 +155,27 @@ fn bind(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> Result<tokio::ne
     Ok(tokio::net::TcpListener::from_std(std_listener)?)
 }
 
-async fn wait_for_signal() -> Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime.
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// `sonde check --attach`: load and attach every probe, report, detach.

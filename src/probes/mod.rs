@@ -116,9 +116,15 @@ pub fn comm_str(comm: &[i8; 16]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// `comm` as a hashable key.
+/// `comm` as a hashable key: the bytes up to the first NUL, zero after it.
+/// The kernel may leave bytes of an earlier, longer name behind the NUL,
+/// and two keys for one label value would make two series of one name.
 pub fn comm_key(comm: &[i8; 16]) -> [u8; 16] {
-    comm.map(|c| c as u8)
+    let mut key = [0u8; 16];
+    for (dst, &src) in key.iter_mut().zip(comm.iter().take_while(|&&c| c != 0)) {
+        *dst = src as u8;
+    }
+    key
 }
 
 #[cfg(test)]
@@ -147,5 +153,6 @@ mod tests {
         }
         comm[6] = b'x' as i8;
         assert_eq!(comm_str(&comm), "bash");
+        assert_eq!(comm_key(&comm), *b"bash\0\0\0\0\0\0\0\0\0\0\0\0", "bytes after the NUL are not part of the key");
     }
 }
