@@ -589,6 +589,44 @@ def run_rss(ctx, count=10_000):
     return res
 
 
+def label_sets(samples):
+    """Series as label sets: a histogram counts once (by its _count line)."""
+    return sum(1 for n, _, _ in samples if not (n.endswith("_bucket") or n.endswith("_sum")))
+
+
+def run_rss_default(ctx, count=3_000):
+    """The RSS target as stated: every default probe on and about 10 000
+    label sets. `count` programs each add an exec, an exit and a file_open
+    label set, which with the system's own series comes to about 10k."""
+    spawn_dir = os.path.join(ctx.tmp, "progs-default")
+    os.makedirs(spawn_dir, exist_ok=True)
+    for i in range(count):
+        os.symlink("/bin/true", os.path.join(spawn_dir, f"d{i:05d}"))
+    port = free_port()
+    errlog = open(os.path.join(ctx.tmp, "sonde-rss-default10k.log"), "wb")
+    p = ctx.procs.spawn(["taskset", "-c", str(AGENT_CPU), SONDE, "run", "--listen", f"127.0.0.1:{port}"], stderr=errlog)
+    errlog.close()
+    try:
+        wait_healthy(port, p)
+        run(["taskset", "-c", str(GEN_CPU), ctx.loadgen, "spawn", spawn_dir], capture_output=True, text=True)
+        time.sleep(2.0)
+        for _ in range(ctx.args.scrapes):
+            _, body = get(port, "/metrics", timeout=30)
+        time.sleep(0.5)
+        status = proc_status(p.pid)
+    finally:
+        ctx.procs.stop(p)
+    samples = parse_metrics(body.decode())
+    return {
+        "spawned": count,
+        "scrapes": ctx.args.scrapes,
+        "label_sets": label_sets(samples),
+        "series_total": len(samples),
+        "rss_kib": kib(status, "VmRSS"),
+        "hwm_kib": kib(status, "VmHWM"),
+    }
+
+
 def run_startup(ctx, runs):
     wall, own = [], []
     for i in range(runs):
@@ -823,6 +861,15 @@ def targets_table(res, s):
             f"| {verdict(enc <= TARGETS['encode_10k_ms'])} |"
         )
     rss = res.get("rss")
+    small = res.get("rss_default")
+    if small:
+        mib = small["hwm_kib"] / 1024
+        rows.append(
+            f"| RSS ≤ {TARGETS['rss_mib']:g} MiB, default config (every probe), {fmt(small['label_sets'])} label sets "
+            f"({fmt(small['series_total'])} lines) after {fmt(small['spawned'])} programs ran and "
+            f"{small['scrapes']} scrapes | {small['rss_kib'] / 1024:.1f} MiB steady, {mib:.1f} MiB peak "
+            f"(VmHWM) | {verdict(mib <= TARGETS['rss_mib'])} |"
+        )
     if rss:
         for name, what in (("default", "default config (every probe)"), ("exec_only", "`exec` probe only")):
             r = rss[name]
@@ -1121,6 +1168,7 @@ def full(ctx):
     res["sonde_config"] = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", ctx.sonde_config_text)
     res["sonde_config"] = re.sub(r"pid: \d+", "pid: <generator>", res["sonde_config"])
     log("memory")
+    res["rss_default"] = run_rss_default(ctx)
     res["rss"] = run_rss(ctx)
     log("startup")
     res["startup"] = run_startup(ctx, ctx.args.startup_runs)

@@ -1,0 +1,228 @@
+#!/bin/bash
+# fetch-kernels.sh DEST_DIR [NAME...]
+# fetch-kernels.sh --list          (prints the known NAMEs)
+#
+# Downloads Debian's kprobe-capable cloud kernels for the VM test suite,
+# without installing anything: `apt-get download` + `dpkg -x`. The system's
+# apt sources are never modified and nothing goes to /boot.
+#
+#   NAME         suite               package
+#   debian-6.1   bookworm            linux-image-cloud-amd64 (6.1.x)
+#   debian-6.12  bookworm-backports  linux-image-cloud-amd64 (6.12.x)
+#
+# With no NAME, all of them are fetched. Result, per kernel:
+#   DEST_DIR/<name>/vmlinuz   the bzImage
+#   DEST_DIR/<name>/config    the kernel's .config
+#   DEST_DIR/<name>/release   the `uname -r` string, e.g. 6.1.0-56-cloud-amd64
+#   DEST_DIR/<name>/package   the versioned package, e.g. linux-image-6.1.0-56-cloud-amd64
+#   DEST_DIR/<name>/version   the Debian package version, e.g. 6.1.192-2
+#
+# debian-6.1 is resolved with the system's apt when this machine is bookworm
+# (its lists are current: `apt-get update`); otherwise, or if that fails, and
+# always for bookworm-backports, a PRIVATE apt configuration under
+# DEST_DIR/.apt/<name> is used (own sources.list, Dir::State, Dir::Cache) that
+# points at the Debian mirror named in /etc/apt/sources.list(.d) (override with
+# env MIRROR=http://...). The meta package is resolved to the versioned
+# linux-image-* package. PRIVATE_APT=1 uses the private configuration for
+# every kernel (then debian-6.1 is bookworm's point-release kernel, without
+# bookworm-security updates).
+#
+# Idempotent: a kernel whose vmlinuz/config/release are present is not
+# downloaded again (set REFRESH=1 to re-resolve and fetch a newer upload).
+# Every config is checked for CONFIG_KPROBES=y, CONFIG_DEBUG_INFO_BTF=y and
+# CONFIG_BPF_EVENTS=y; the script fails if one is missing.
+#
+# Needs: apt, dpkg, debian-archive-keyring. Must run as root only for the
+# system-apt path's partial-download directory; the private path works as any
+# user that can write DEST_DIR.
+set -euo pipefail
+
+log() { printf 'fetch-kernels: %s\n' "$*" >&2; }
+die() { printf 'fetch-kernels: ERROR: %s\n' "$*" >&2; exit 1; }
+
+ALL_NAMES="debian-6.1 debian-6.12"
+if [ "${1:-}" = --list ]; then echo "$ALL_NAMES"; exit 0; fi
+if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+    exit 2
+fi
+mkdir -p "$1"
+DEST=$(cd "$1" && pwd)
+shift
+if [ $# -gt 0 ]; then NAMES="$*"; else NAMES=$ALL_NAMES; fi
+
+REQUIRED_CONFIG="CONFIG_KPROBES CONFIG_DEBUG_INFO_BTF CONFIG_BPF_EVENTS"
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+
+# Per-name spec: suite and meta package.
+spec() {
+    case "$1" in
+        debian-6.1) echo "bookworm linux-image-cloud-amd64" ;;
+        debian-6.12) echo "bookworm-backports linux-image-cloud-amd64" ;;
+        *) die "unknown kernel name '$1' (known: $ALL_NAMES)" ;;
+    esac
+}
+
+# The Debian mirror the system uses: the first URI that serves a plain
+# bookworm (or whatever the system's codename is) suite, from one-line
+# .list files or deb822 .sources files.
+find_mirror() {
+    local f uri codename
+    codename=${SYSTEM_CODENAME:-bookworm}
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        uri=$(sed -E 's/#.*//; s/\[[^]]*\]//g' "$f" |
+            awk -v c="$codename" '$1 == "deb" && ($3 == c || $3 == "bookworm") { print $2; exit }')
+        if [ -n "$uri" ]; then echo "${uri%/}"; return; fi
+    done
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        uri=$(sed -E 's/#.*//' "$f" | awk -v c="$codename" '
+            BEGIN { RS = ""; FS = "\n" }
+            {
+                types = uris = suites = ""; enabled = "yes"
+                for (i = 1; i <= NF; i++) {
+                    split($i, kv, ":[ \t]*")
+                    key = tolower(kv[1]); val = substr($i, length(kv[1]) + 2)
+                    sub(/^[ \t]+/, "", val)
+                    if (key == "types") types = val
+                    else if (key == "uris") uris = val
+                    else if (key == "suites") suites = val
+                    else if (key == "enabled") enabled = tolower(val)
+                }
+                if (enabled == "no" || (" " types " ") !~ / deb /) next
+                n = split(suites, s, /[ \t]+/)
+                for (j = 1; j <= n; j++)
+                    if (s[j] == c || s[j] == "bookworm") { split(uris, u, /[ \t]+/); print u[1]; exit }
+            }')
+        if [ -n "$uri" ]; then echo "${uri%/}"; return; fi
+    done
+}
+
+# Private apt configuration for one suite: echoes nothing, fills APT_OPTS.
+APT_OPTS=()
+private_apt() { # DIR SUITE
+    local dir=$1 suite=$2 signed=""
+    mkdir -p "$dir/sources.list.d" "$dir/preferences.d" "$dir/state/lists/partial" \
+        "$dir/cache/archives/partial"
+    : > "$dir/state/status"
+    [ -f "$KEYRING" ] && signed="[signed-by=$KEYRING] "
+    printf 'deb %s%s %s main\n' "$signed" "$MIRROR" "$suite" > "$dir/sources.list"
+    APT_OPTS=(
+        -o "Dir::Etc::SourceList=$dir/sources.list"
+        -o "Dir::Etc::SourceParts=$dir/sources.list.d"
+        -o "Dir::Etc::Preferences=$dir/preferences"
+        -o "Dir::Etc::PreferencesParts=$dir/preferences.d"
+        -o "Dir::State=$dir/state"
+        -o "Dir::State::status=$dir/state/status"
+        -o "Dir::Cache=$dir/cache"
+        -o "APT::Sandbox::User=root"
+        -o "Acquire::Languages=none"
+        -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false"
+        -o "APT::Architecture=amd64"
+        -o "APT::Architectures=amd64"
+    )
+}
+
+# Resolve META to the versioned linux-image package with the current APT_OPTS.
+resolve() { # META
+    apt-cache "${APT_OPTS[@]}" depends "$1" 2>/dev/null |
+        sed -n -E 's/^ *\|?Depends: (linux-image-[^ ]*).*$/\1/p' | head -1
+}
+
+# Download PKG into DIR with the current APT_OPTS; prints the .deb path.
+download() { # PKG DIR
+    local pkg=$1 dir=$2 deb
+    mkdir -p "$dir"
+    ( cd "$dir" && apt-get "${APT_OPTS[@]}" -q download "$pkg" 2>&1 |
+        grep -v -e '^W: Download is performed unsandboxed' >&2 ) || true
+    # shellcheck disable=SC2012  # names are ours: linux-image-*_*.deb
+    deb=$(ls -t "$dir/${pkg}"_*.deb 2>/dev/null | head -1)
+    [ -n "$deb" ] || return 1
+    echo "$deb"
+}
+
+check_config() { # NAME CONFIG
+    local name=$1 config=$2 opt bad=""
+    for opt in $REQUIRED_CONFIG; do
+        grep -q "^$opt=y\$" "$config" || bad="$bad $opt"
+    done
+    if [ -n "$bad" ]; then
+        die "$name: kernel config $config lacks:$bad (needs =y for the BPF tests)"
+    fi
+    log "$name: config ok: $(for opt in $REQUIRED_CONFIG CONFIG_KPROBE_EVENTS CONFIG_FPROBE CONFIG_UPROBE_EVENTS; do
+        grep -E "^(# )?${opt}[= ]" "$config" | tr '\n' ' '; done)"
+}
+
+SYSTEM_CODENAME=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null | tr -d '"' || true)
+MIRROR=${MIRROR:-$(find_mirror)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+for name in $NAMES; do spec "$name" >/dev/null; done
+
+for name in $NAMES; do
+    read -r suite meta <<<"$(spec "$name")"
+    out=$DEST/$name
+    if [ -z "${REFRESH:-}" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/config" ] && [ -s "$out/release" ]; then
+        log "$name: present ($(cat "$out/release")), skipping download"
+        check_config "$name" "$out/config"
+        continue
+    fi
+    debdir=$DEST/.debs
+    mkdir -p "$debdir"
+    start=$(date +%s.%N)
+    pkg="" deb=""
+
+    # 1. bookworm itself: the system's apt, if this machine is bookworm.
+    if [ "$suite" = "$SYSTEM_CODENAME" ] && [ -z "${PRIVATE_APT:-}" ]; then
+        APT_OPTS=()
+        pkg=$(resolve "$meta")
+        if [ -n "$pkg" ]; then
+            log "$name: $meta -> $pkg (system apt)"
+            deb=$(download "$pkg" "$debdir") || { log "$name: system apt download failed, trying a private apt config"; deb=""; }
+        else
+            log "$name: system apt cannot resolve $meta, trying a private apt config"
+        fi
+    fi
+
+    # 2. private apt configuration with just this suite of the mirror.
+    if [ -z "$deb" ]; then
+        private_apt "$DEST/.apt/$name" "$suite"
+        log "$name: private apt: $MIRROR $suite main (state in $DEST/.apt/$name)"
+        apt-get "${APT_OPTS[@]}" -q update >&2 ||
+            die "$name: apt-get update of $MIRROR $suite failed"
+        pkg=$(resolve "$meta")
+        [ -n "$pkg" ] || die "$name: cannot resolve $meta in $MIRROR $suite"
+        log "$name: $meta -> $pkg"
+        deb=$(download "$pkg" "$debdir") || die "$name: apt-get download $pkg failed"
+    fi
+    dl_secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    log "$name: downloaded $(basename "$deb") ($(du -m "$deb" | cut -f1) MB) in ${dl_secs}s"
+
+    # 3. unpack just the kernel and its config.
+    x=$(mktemp -d "$DEST/.x.XXXXXX")
+    dpkg -x "$deb" "$x"
+    vmlinuz=$(find "$x/boot" -maxdepth 1 -name 'vmlinuz-*' | head -1)
+    config=$(find "$x/boot" -maxdepth 1 -name 'config-*' | head -1)
+    if [ -z "$vmlinuz" ] || [ -z "$config" ]; then die "$name: $deb has no boot/vmlinuz-* or boot/config-*"; fi
+    release=${vmlinuz##*/vmlinuz-}
+    check_config "$name" "$config"
+    rm -rf "$out.new"
+    mkdir -p "$out.new"
+    mv "$vmlinuz" "$out.new/vmlinuz"
+    mv "$config" "$out.new/config"
+    echo "$release" > "$out.new/release"
+    echo "$pkg" > "$out.new/package"
+    dpkg-deb -f "$deb" Version > "$out.new/version"
+    rm -rf "$x" "$out"
+    mv "$out.new" "$out"
+    [ -n "${KEEP_DEBS:-}" ] || rm -f "$deb"
+    case "$release" in
+        "${name#debian-}".*) ;;
+        *) log "WARNING: $name: release $release is not a ${name#debian-}.x kernel (the suite moved on?)" ;;
+    esac
+    log "$name: ready: $out (release $release, version $(cat "$out/version"))"
+done

@@ -1,0 +1,476 @@
+#!/bin/bash
+# run-suite.sh [--kernels "debian-6.1 debian-6.12"] [--no-host] [--no-build]
+#              [--no-docs] [--out DIR] [--kernels-dir DIR] [-- TEST_ARGS...]
+#
+# Runs sonde's root test suite (`cargo test --test root`) on Debian's
+# kprobe-capable kernels under qemu (TCG) and on this machine's own kernel,
+# prints a test x kernel table and writes it as markdown to docs/kernels.md.
+# See tests/vm/README.md for the contract with the test binary.
+#
+#   --kernels LIST    kernels to boot (default "debian-6.1 debian-6.12"; names
+#                     as in fetch-kernels.sh; "" for none)
+#   --no-host         do not run the suite natively on the host kernel
+#   --no-build        do not build; use SONDE_VM_BIN/SONDE_VM_TESTBIN or the
+#                     binaries recorded by the last build (target/vm/vm-binaries)
+#   --no-docs         do not write the markdown matrix
+#   --out DIR         per-kernel results (default target/vm/results)
+#   --kernels-dir DIR downloaded kernels (default target/vm/kernels)
+#   -- TEST_ARGS      extra arguments for the test binary (e.g. a name filter),
+#                     after --test-threads=1
+#
+# Environment:
+#   SONDE_VM_BIN, SONDE_VM_TESTBIN  use these static binaries, skip the build
+#   SONDE_KERNELS_MD   markdown output (default docs/kernels.md)
+#   SONDE_VM_ENV       extra host variable names passed into the guests
+#                      (RUST_BACKTRACE and RUST_LOG always are)
+#   SONDE_VM_NO_INSTALL=1  never apt-get install; fail if a package is missing
+#   SONDE_VM_RETRIES=1 times a VM run that ended in an infrastructure failure
+#                      (crash, hang: no exit marker) is booted again; the
+#                      retry is reported in the table and the markdown
+#   MEM=1024 SMP=2 TIMEOUT=600 APPEND= CPU=  passed to run-in-vm.sh; TIMEOUT
+#                      also bounds the host run
+#
+# Exit code: 0 all ran and passed; 1 a test failed (on any kernel); 125 no test
+# failed but an infrastructure failure happened (a VM did not boot or finish,
+# a kernel could not be fetched, no libtest result line); 2 usage; 3 build.
+set -euo pipefail
+
+# Packages this script needs on a fresh Debian 12 machine (installed below if
+# missing): the VM tools, and the build dependencies of a static sonde.
+VM_PACKAGES="qemu-system-x86 busybox-static cpio file jq"
+BUILD_PACKAGES="clang-19 libelf-dev zlib1g-dev pkg-config bpftool"
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+TARGET=x86_64-unknown-linux-gnu
+
+log() { printf 'run-suite: %s\n' "$*" >&2; }
+die() { printf 'run-suite: ERROR: %s\n' "$*" >&2; exit "${2:-2}"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+
+KERNELS="debian-6.1 debian-6.12"
+HOST=1 BUILD=1 DOCS=1
+OUT=$REPO/target/vm/results
+KDIR=$REPO/target/vm/kernels
+TEST_ARGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --kernels) [ $# -ge 2 ] || usage; KERNELS=$2; shift 2 ;;
+        --kernels=*) KERNELS=${1#*=}; shift ;;
+        --no-host) HOST=0; shift ;;
+        --no-build) BUILD=0; shift ;;
+        --no-docs) DOCS=0; shift ;;
+        --out) [ $# -ge 2 ] || usage; OUT=$2; shift 2 ;;
+        --kernels-dir) [ $# -ge 2 ] || usage; KDIR=$2; shift 2 ;;
+        --) shift; TEST_ARGS=("$@"); break ;;
+        -h|--help) usage ;;
+        *) log "unknown argument: $1"; usage ;;
+    esac
+done
+KNOWN=" $("$HERE/fetch-kernels.sh" --list) "
+for k in $KERNELS; do
+    case "$KNOWN" in *" $k "*) ;; *) die "unknown kernel '$k' (known: $("$HERE/fetch-kernels.sh" --list))" ;; esac
+done
+MD=${SONDE_KERNELS_MD:-$REPO/docs/kernels.md}
+export MEM=${MEM:-1024} SMP=${SMP:-2} TIMEOUT=${TIMEOUT:-600}
+RETRIES=${SONDE_VM_RETRIES:-1}
+SUITE_START=$(date +%s)
+
+# ---------------------------------------------------------------- packages
+ensure_packages() {
+    local p missing=()
+    for p in "$@"; do
+        dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    [ -z "${SONDE_VM_NO_INSTALL:-}" ] || die "missing packages: ${missing[*]} (SONDE_VM_NO_INSTALL is set)"
+    [ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run as root or apt-get install them"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
+        apt-get update -q >&2
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+            die "apt-get install ${missing[*]} failed"
+    fi
+}
+# shellcheck disable=SC2086  # word lists
+ensure_packages $VM_PACKAGES
+if [ "$BUILD" = 1 ] && { [ -z "${SONDE_VM_BIN:-}" ] || [ -z "${SONDE_VM_TESTBIN:-}" ]; }; then
+    # shellcheck disable=SC2086
+    ensure_packages $BUILD_PACKAGES
+fi
+
+# ---------------------------------------------------------------- binaries
+VMTARGET=$REPO/target/vm
+RECORD=$VMTARGET/vm-binaries
+SONDE=${SONDE_VM_BIN:-}
+TESTBIN=${SONDE_VM_TESTBIN:-}
+
+# cargo with the static-build environment; JSON artifacts on stdout.
+static_cargo() {
+    (cd "$REPO" && env RUSTFLAGS='-C target-feature=+crt-static' \
+        LIBBPF_SYS_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu CARGO_TARGET_DIR=target/vm \
+        cargo "$@" --message-format=json-render-diagnostics)
+}
+artifact() { # JSON_FILE TARGET_NAME KIND
+    jq -r --arg n "$2" --arg k "$3" 'select(.reason == "compiler-artifact"
+        and .target.name == $n and (.target.kind | index($k)) and .executable != null)
+        | .executable' "$1" | tail -1
+}
+
+if [ -z "$SONDE" ] || [ -z "$TESTBIN" ]; then
+    if [ "$BUILD" = 1 ]; then
+        mkdir -p "$VMTARGET"
+        t0=$(date +%s)
+        if [ -z "$SONDE" ]; then
+            log "building static sonde (cargo build --release --features static --target $TARGET --bin sonde)"
+            static_cargo build --release --features static --target "$TARGET" --bin sonde \
+                > "$VMTARGET/build-sonde.json" || die "cargo build of sonde failed" 3
+            SONDE=$(artifact "$VMTARGET/build-sonde.json" sonde bin)
+            [ -n "$SONDE" ] || die "no sonde executable in cargo's JSON output" 3
+        fi
+        if [ -z "$TESTBIN" ]; then
+            log "building static test binary (cargo test --release --features static --target $TARGET --test root --no-run)"
+            static_cargo test --release --features static --target "$TARGET" --test root --no-run \
+                > "$VMTARGET/build-test.json" || die "cargo test --no-run of the root test failed" 3
+            TESTBIN=$(artifact "$VMTARGET/build-test.json" root test)
+            [ -n "$TESTBIN" ] || die "no 'root' test executable in cargo's JSON output" 3
+        fi
+        printf 'SONDE=%s\nTESTBIN=%s\n' "$SONDE" "$TESTBIN" > "$RECORD"
+        log "built in $(( $(date +%s) - t0 ))s: $SONDE, $TESTBIN"
+    else
+        [ -f "$RECORD" ] || die "--no-build: set SONDE_VM_BIN and SONDE_VM_TESTBIN, or build once ($RECORD missing)"
+        [ -n "$SONDE" ] || SONDE=$(sed -n 's/^SONDE=//p' "$RECORD")
+        [ -n "$TESTBIN" ] || TESTBIN=$(sed -n 's/^TESTBIN=//p' "$RECORD")
+    fi
+fi
+for b in "$SONDE" "$TESTBIN"; do
+    [ -x "$b" ] || die "not an executable: $b" 3
+    file -L "$b" | grep -q -E 'statically linked|static-pie linked' ||
+        log "WARNING: $b is not static; run-in-vm.sh will copy its shared libraries"
+done
+SONDE=$(readlink -f "$SONDE")
+TESTBIN=$(readlink -f "$TESTBIN")
+
+# ---------------------------------------------------------------- kernels
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+FETCH_FAILED=""
+if [ -n "$KERNELS" ]; then
+    mkdir -p "$KDIR"
+    t0=$(date +%s)
+    # shellcheck disable=SC2086
+    if ! "$HERE/fetch-kernels.sh" "$KDIR" $KERNELS; then
+        FETCH_FAILED=1
+        log "fetch-kernels.sh failed; kernels without an image count as infrastructure failures"
+    fi
+    log "kernels ready in $(( $(date +%s) - t0 ))s"
+fi
+
+# ---------------------------------------------------------------- run
+# Per label, OUT/<label>/ gets output.txt, status (key=value) and for VMs the
+# console.log and qemu.log of run-in-vm.sh.
+LABELS=()
+run_vm() { # NAME
+    local name=$1 dir=$OUT/$1 rc=0
+    LABELS+=("$name")
+    rm -rf "$dir" "$dir".infra-*
+    mkdir -p "$dir"
+    if [ ! -s "$KDIR/$name/vmlinuz" ]; then
+        printf 'result=infra\nexit=125\nreason=kernel image %s not available%s\n' \
+            "$KDIR/$name/vmlinuz" "${FETCH_FAILED:+ (fetch-kernels.sh failed)}" > "$dir/status"
+        : > "$dir/output.txt"
+        return
+    fi
+    local attempt=0 retried=""
+    while :; do
+        rc=0
+        log "== $name ($(cat "$KDIR/$name/release")): booting under qemu TCG, MEM=$MEM SMP=$SMP TIMEOUT=$TIMEOUT"
+        VM_FILES="$SONDE:/sonde $TESTBIN:/testbin" VM_ENV="RUST_BACKTRACE RUST_LOG ${SONDE_VM_ENV:-}" \
+            VM_QUIET=1 "$HERE/run-in-vm.sh" "$KDIR/$name/vmlinuz" "$dir" -- \
+            env SONDE_BIN=/sonde "SONDE_KERNEL_LABEL=$name" /testbin --test-threads=1 "${TEST_ARGS[@]}" || rc=$?
+        if [ ! -f "$dir/status" ]; then   # run-in-vm.sh refused to start
+            printf 'result=infra\nexit=125\nreason=run-in-vm.sh failed before booting (exit %s)\n' "$rc" > "$dir/status"
+            touch "$dir/output.txt"
+            break
+        fi
+        # A VM that crashed or hung (not a test result) is booted once more:
+        # qemu 7.2's TCG rarely breaks a guest (see README). Reported, never hidden.
+        grep -q '^result=infra$' "$dir/status" || break
+        [ "$attempt" -lt "$RETRIES" ] || break
+        attempt=$((attempt + 1))
+        retried="$retried${retried:+; }$(sed -n 's/^reason=//p' "$dir/status")"
+        rm -rf "$dir.infra-$attempt"
+        mv "$dir" "$dir.infra-$attempt"
+        mkdir -p "$dir"
+        log "$name: INFRASTRUCTURE FAILURE, retrying ($attempt/$RETRIES); first attempt kept in $dir.infra-$attempt"
+    done
+    if [ -n "$retried" ]; then printf 'retried=%s\nretry_reasons=%s\n' "$attempt" "$retried" >> "$dir/status"; fi
+    # the guest reports its uname -r; if it never got that far, the fetched one
+    local release=""
+    grep -q '^release=.' "$dir/status" || release=$(cat "$KDIR/$name/release")
+    {
+        echo "version=$(cat "$KDIR/$name/version" 2>/dev/null || true)"
+        echo "how=qemu TCG, ${SMP} vCPU, ${MEM} MiB"
+        [ -z "$release" ] || echo "release=$release"
+    } >> "$dir/status"
+}
+run_host() {
+    local release name dir rc=0 t0 work
+    release=$(uname -r)
+    name=host-$release
+    dir=$OUT/$name
+    LABELS+=("$name")
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] || log "WARNING: not root; the host run's root tests will fail or skip"
+    log "== $name: running natively"
+    work=$(mktemp -d "${TMPDIR:-/tmp}/sonde-host-run.XXXXXX")
+    t0=$(date +%s.%N)
+    # (bash -c: a test binary killed by a signal is reported in output.txt,
+    # not as a job message here)
+    SONDE_BIN=$SONDE SONDE_KERNEL_LABEL=$name bash -c 'cd "$1" && shift && "$@"; rc=$?; echo; exit "$rc"' \
+        sonde-host-run "$work" timeout -k 10 "$TIMEOUT" "$TESTBIN" --test-threads=1 "${TEST_ARGS[@]}" \
+        < /dev/null > "$dir/output.txt" 2>&1 || rc=$?
+    rm -rf "$work"
+    local wall
+    wall=$(awk -v s="$t0" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    {
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+            printf 'result=infra\nexit=125\nreason=timeout: host run did not finish within TIMEOUT=%ss\n' "$TIMEOUT"
+        else
+            printf 'result=exit\nexit=%s\nreason=\n' "$rc"
+        fi
+        echo "release=$release"
+        echo "version=$(uname -v)"
+        echo "wall_s=$wall"
+        echo "how=host, natively"
+    } > "$dir/status"
+    log "$name: exit=$rc wall=${wall}s"
+}
+
+for k in $KERNELS; do run_vm "$k"; done
+[ "$HOST" = 0 ] || run_host
+[ ${#LABELS[@]} -gt 0 ] || die "nothing to run (--kernels \"\" and --no-host)"
+
+# ---------------------------------------------------------------- parse
+# results.tsv: label, test, result (ok|FAILED|ignored|INCOMPLETE), reason
+# matrix.tsv:  label, probe, hook, result          (SONDE_MATRIX lines)
+# kernels.tsv: label, release, version, how, state (ok|FAILED|INFRA), summary, wall
+parse_output() { # LABEL DIR
+    awk -v label="$1" -v results="$OUT/results.tsv" -v matrix="$OUT/matrix.tsv" -v resfile="$2/result-line" '
+    function rec(name, res,   reason) {
+        reason = ""
+        if (res ~ /^ignored, /) { reason = substr(res, 10); res = "ignored" }
+        if (!(name in result)) order[++n] = name
+        result[name] = res; why[name] = reason
+    }
+    function is_result(s) { return s ~ /^(ok|FAILED|ignored|ignored, .*)$/ }
+    {
+        line = $0
+        gsub(/\033\[[0-9;]*[A-Za-z]/, "", line)   # colour codes, if any
+        s = line
+        while (match(s, /SONDE_MATRIX probe=[^ \t]+ hook=[^ \t]+ result=[^ \t]+/)) {
+            split(substr(s, RSTART, RLENGTH), f, " ")
+            printf "%s\t%s\t%s\t%s\n", label, substr(f[2], 7), substr(f[3], 6), substr(f[4], 8) >> matrix
+            s = substr(s, RSTART + RLENGTH)
+        }
+        if (line ~ /^test result: /) { resultline = line; pending = ""; next }
+        if (line ~ /^failures:$/) { infail = 1; delete failed_list; next }
+        if (infail && line ~ /^    [^ ]/) { t = substr(line, 5); sub(/[ \t]+$/, "", t); failed_list[t] = 1; next }
+        if (infail && line !~ /^$/ && line !~ /^----/) infail = 0
+        if (substr(line, 1, 5) == "test " && (i = index(line, " ... ")) > 0) {
+            if (pending != "") rec(pending, "UNPARSED")
+            # (libtest-mimic pads names to align the "...")
+            name = substr(line, 6, i - 6); sub(/[ \t]+$/, "", name); rest = substr(line, i + 5)
+            pending = ""
+            sub(/[ \t]+$/, "", rest)
+            if (is_result(rest)) rec(name, rest)
+            else if (rest !~ /^bench:/) pending = name
+            next
+        }
+        sub(/[ \t]+$/, "", line)
+        if (pending != "" && is_result(line)) { rec(pending, line); pending = "" }
+    }
+    END {
+        if (pending != "") rec(pending, "UNPARSED")
+        for (k = 1; k <= n; k++) {
+            t = order[k]; r = result[t]
+            # A result hidden by interleaved output: the final failures list
+            # and the result line tell (ignored tests never interleave).
+            if (r == "UNPARSED") r = (t in failed_list) ? "FAILED" : (resultline != "" ? "ok" : "INCOMPLETE")
+            printf "%s\t%s\t%s\t%s\n", label, t, r, why[t] >> results
+        }
+        print resultline > resfile
+    }' "$2/output.txt"
+}
+
+: > "$OUT/results.tsv"
+: > "$OUT/matrix.tsv"
+: > "$OUT/kernels.tsv"
+ANY_FAILED=0 ANY_INFRA=0
+st() { local v; v=$(sed -n "s/^$1=//p" "$dir/status" | tail -1); echo "${v:--}"; }
+for label in "${LABELS[@]}"; do
+    dir=$OUT/$label
+    parse_output "$label" "$dir"
+    resline=$(cat "$dir/result-line")
+    exit_code=$(st exit)
+    nfail=$(awk -F'\t' -v l="$label" '$1 == l && $3 == "FAILED"' "$OUT/results.tsv" | wc -l)
+    if [ "$(st result)" = infra ]; then
+        state=INFRA summary=$(st reason)
+    elif [ -z "$resline" ]; then
+        state=INFRA summary="no libtest result line (test binary exit code $exit_code)"
+    elif [ "$nfail" -gt 0 ] || [ "$exit_code" != 0 ] || [[ "$resline" != "test result: ok."* ]]; then
+        state=FAILED summary="${resline#test result: }"
+        [ "$exit_code" = 0 ] || summary="$summary (exit code $exit_code)"
+    else
+        state=ok summary="${resline#test result: }"
+    fi
+    # "ok. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s"
+    summary=$(printf '%s' "$summary" | sed -E 's/^(ok|FAILED)\. //; s/; finished in.*//; s/; 0 measured//; s/; 0 filtered out//')
+    retried=$(st retried)
+    [ "$retried" = - ] ||
+        summary="$summary [boot $((retried + 1)); earlier: infrastructure failure: $(st retry_reasons)]"
+    [ "$state" != FAILED ] || ANY_FAILED=1
+    [ "$state" != INFRA ] || ANY_INFRA=1
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$(st release)" "$(st version)" "$(st how)" \
+        "$state" "$summary" "$(st wall_s)" >> "$OUT/kernels.tsv"
+done
+
+# ---------------------------------------------------------------- report
+# render text|md  -> the test x kernel table (and probe x kernel if any)
+render() {
+    awk -F'\t' -v mode="$1" -v kfile="$OUT/kernels.tsv" -v mfile="$OUT/matrix.tsv" -v rfile="$OUT/results.tsv" '
+    function md(s) { gsub(/\|/, "\\|", s); return s }
+    function row(cells, nc,   i, s) {
+        if (mode == "md") { s = "|"; for (i = 0; i < nc; i++) s = s " " md(cells[i]) " |"; print s; return }
+        s = ""; for (i = 0; i < nc; i++) s = s sprintf("%-" w[i] "s  ", cells[i]); sub(/ +$/, "", s); print s
+    }
+    function sep(nc,   i, s, d) {
+        if (mode == "md") { s = "|"; for (i = 0; i < nc; i++) s = s "---|"; print s; return }
+        s = ""; for (i = 0; i < nc; i++) { d = sprintf("%" w[i] "s", ""); gsub(/ /, "-", d); s = s d "  " }
+        sub(/ +$/, "", s); print s
+    }
+    function table(title, rows, nr, rowname, cellof,   i, j, c, nc) {
+        nc = nk + 1
+        c[0] = title; for (j = 1; j <= nk; j++) c[j] = lab[j]
+        for (j = 0; j < nc; j++) w[j] = length(c[j])
+        for (i = 1; i <= nr; i++) {
+            if (length(rows[i]) > w[0]) w[0] = length(rows[i])
+            for (j = 1; j <= nk; j++) if (length(cellof[rows[i], lab[j]]) > w[j]) w[j] = length(cellof[rows[i], lab[j]])
+        }
+        row(c, nc); sep(nc)
+        for (i = 1; i <= nr; i++) {
+            c[0] = (mode == "md") ? "`" rows[i] "`" : rows[i]
+            for (j = 1; j <= nk; j++) c[j] = cellof[rows[i], lab[j]]
+            row(c, nc)
+        }
+    }
+    FILENAME == kfile { nk++; lab[nk] = $1; state[$1] = $5; next }
+    FILENAME == rfile {
+        if (!(($2) in seen)) { seen[$2] = 1; tests[++nt] = $2 }
+        cell[$2, $1] = ($3 == "ignored" && $4 != "" && mode == "md") ? "ignored: " $4 : $3
+        next
+    }
+    FILENAME == mfile {
+        if (!(($2) in pseen)) { pseen[$2] = 1; probes[++np] = $2 }
+        v = ($4 == "ok") ? $3 : $3 " (" $4 ")"
+        if (index(", " pcell[$2, $1] ", ", ", " v ", ") == 0) pcell[$2, $1] = (pcell[$2, $1] == "" ? v : pcell[$2, $1] ", " v)
+        next
+    }
+    END {
+        for (i = 1; i <= nt; i++) for (j = 1; j <= nk; j++)
+            if (!((tests[i], lab[j]) in cell)) cell[tests[i], lab[j]] = (state[lab[j]] == "INFRA") ? "INFRA" : "-"
+        table("test", tests, nt, "", cell)
+        if (np > 0) {
+            for (i = 1; i <= np; i++) for (j = 1; j <= nk; j++)
+                if (!((probes[i], lab[j]) in pcell)) pcell[probes[i], lab[j]] = (state[lab[j]] == "INFRA") ? "INFRA" : "-"
+            print ""
+            if (mode == "md") print "## Probes: hook used per kernel\n\nFrom the `SONDE_MATRIX probe=... hook=... result=...` lines the tests print; a hook whose result is not `ok` shows the result in parentheses.\n"
+            table("probe", probes, np, "", pcell)
+        }
+    }' "$OUT/kernels.tsv" "$OUT/results.tsv" "$OUT/matrix.tsv"
+}
+
+echo
+echo "==================== sonde root tests: test x kernel ===================="
+render text
+echo
+echo "kernel results:"
+while IFS=$'\t' read -r label release version how state summary wall; do
+    printf '  %-28s %-7s %s\n' "$label" "$state" "$summary"
+    printf '  %-28s         release %s, %s, wall %ss\n' "" "${release:-?}" "$how" "${wall:-?}"
+done < "$OUT/kernels.tsv"
+
+# Details of failures, for the CI log.
+while IFS=$'\t' read -r label _ _ _ state summary _; do
+    case "$state" in
+        FAILED)
+            echo
+            echo "---- $label: failed tests (from $OUT/$label/output.txt) ----"
+            awk '/^failures:$/ { p = 1 } p && !/^test result:/' "$OUT/$label/output.txt" | head -200
+            awk -F'\t' -v l="$label" '$1 == l && $3 == "FAILED" { print "FAILED: " $2 }' "$OUT/results.tsv"
+            ;;
+        INFRA)
+            echo
+            echo "---- $label: INFRASTRUCTURE FAILURE (not a test failure); last output lines ----"
+            echo "reason: $summary"
+            tail -20 "$OUT/$label/output.txt"
+            echo
+            if [ -f "$OUT/$label/console.log" ]; then
+                echo "---- $label: kernel console (tail of $OUT/$label/console.log) ----"
+                tail -15 "$OUT/$label/console.log"
+                echo
+            fi
+            ;;
+    esac
+done < "$OUT/kernels.tsv"
+
+# ---------------------------------------------------------------- markdown
+if [ "$DOCS" = 1 ]; then
+    mkdir -p "$(dirname "$MD")"
+    {
+        echo "# Kernel test matrix"
+        echo
+        echo "<!-- Generated by tests/vm/run-suite.sh; do not edit by hand, re-run the suite. -->"
+        echo
+        commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || true)
+        if [ -n "$commit" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+            commit="$commit\` with uncommitted changes\`"
+        fi
+        echo "Generated $(date -u '+%Y-%m-%d %H:%M UTC') by \`tests/vm/run-suite.sh\`${commit:+ at commit \`$commit\`}."
+        echo "Each kernel ran the root test suite (\`cargo test --test root\`, static build) as root,"
+        echo "with \`--test-threads=1\`: the Debian kernels in qemu (TCG) from an initramfs, the host natively."
+        echo
+        echo "## Kernels"
+        echo
+        echo "| kernel | release (\`uname -r\`) | version | how | result |"
+        echo "|---|---|---|---|---|"
+        while IFS=$'\t' read -r label release version how state summary _; do
+            # shellcheck disable=SC2016  # literal backticks
+            printf '| %s | `%s` | %s | %s | %s: %s |\n' "$label" "${release:-?}" "${version//|/\\|}" "$how" \
+                "$state" "${summary//|/\\|}"
+        done < "$OUT/kernels.tsv"
+        echo
+        echo "## Tests"
+        echo
+        echo "\`ok\`, \`FAILED\`, \`ignored\` (with the test's reason), \`-\` not run on that kernel,"
+        echo "\`INFRA\` the kernel's run failed for infrastructure reasons."
+        echo
+        render md
+    } > "$MD.tmp"
+    mv "$MD.tmp" "$MD"
+    log "wrote $MD"
+fi
+
+log "results in $OUT; total $(( $(date +%s) - SUITE_START ))s"
+if [ "$ANY_FAILED" = 1 ]; then
+    log "RESULT: TEST FAILURES (see the table above)"
+    [ "$ANY_INFRA" = 0 ] || log "also: INFRASTRUCTURE FAILURES on some kernel"
+    exit 1
+fi
+if [ "$ANY_INFRA" = 1 ]; then
+    log "RESULT: INFRASTRUCTURE FAILURE (no test failed where tests ran)"
+    exit 125
+fi
+log "RESULT: all tests passed on: ${LABELS[*]}"
