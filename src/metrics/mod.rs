@@ -155,7 +155,7 @@ impl Metrics {
 
     /// A cache of label sets for metrics `names` (unprefixed) carrying
     /// `label_count` labels, bounded by the configured series limit.
-    pub fn series_cache<K: std::hash::Hash + Eq, H: Clone>(
+    pub fn series_cache<K: std::hash::Hash + Eq, H>(
         &self,
         names: &[&str],
         label_count: usize,

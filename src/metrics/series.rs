@@ -3,7 +3,6 @@
 //! label set has been seen. Past the series limit, new label sets share one
 //! `overflow` series, created the first time it is needed.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -23,45 +22,74 @@ const FOLDED_MEMORY: usize = 4096;
 pub type Build<H> = Box<dyn Fn(&[String]) -> H + Send>;
 
 pub struct SeriesCache<K, H> {
-    map: HashMap<K, H, FxBuildHasher>,
+    /// Key to its slot in `handles`; folded keys point at the overflow slot.
+    index: HashMap<K, u32, FxBuildHasher>,
+    handles: Vec<H>,
     live: usize,
     limit: usize,
     label_count: usize,
     build: Build<H>,
-    overflow: Option<H>,
+    overflow: Option<u32>,
     dropped: Vec<IntCounter>,
 }
 
-impl<K: Hash + Eq, H: Clone> SeriesCache<K, H> {
+impl<K: Hash + Eq, H> SeriesCache<K, H> {
     pub fn new(limit: usize, label_count: usize, build: Build<H>, dropped: Vec<IntCounter>) -> Self {
-        Self { map: HashMap::with_hasher(FxBuildHasher), live: 0, limit, label_count, build, overflow: None, dropped }
+        Self {
+            index: HashMap::with_hasher(FxBuildHasher),
+            handles: Vec::new(),
+            live: 0,
+            limit,
+            label_count,
+            build,
+            overflow: None,
+            dropped,
+        }
     }
 
     /// The handles for `key`; `values` gives its label values the first
-    /// time the key is seen.
+    /// time the key is seen. A seen key costs one hash lookup: no entry API,
+    /// which would also check capacity on every call.
+    #[inline]
     pub fn get(&mut self, key: K, values: impl FnOnce() -> Vec<String>) -> &H {
+        match self.index.get(&key) {
+            Some(&slot) => &self.handles[slot as usize],
+            None => self.insert(key, values),
+        }
+    }
+
+    #[cold]
+    fn insert(&mut self, key: K, values: impl FnOnce() -> Vec<String>) -> &H {
+        if self.live < self.limit {
+            self.live += 1;
+            return self.push(key, (self.build)(&values()));
+        }
+        for d in &self.dropped {
+            d.inc();
+        }
+        let slot = match self.overflow {
+            Some(slot) => slot,
+            None => {
+                let handles = (self.build)(&vec![OVERFLOW.to_string(); self.label_count]);
+                self.handles.push(handles);
+                let slot = (self.handles.len() - 1) as u32;
+                self.overflow = Some(slot);
+                slot
+            }
+        };
         // Folded keys are remembered too (up to FOLDED_MEMORY of them) so
         // each dropped label set is counted once.
-        let remembered = self.map.len();
-        match self.map.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => {
-                if self.live < self.limit {
-                    self.live += 1;
-                    return v.insert((self.build)(&values()));
-                }
-                for d in &self.dropped {
-                    d.inc();
-                }
-                let (build, label_count) = (&self.build, self.label_count);
-                let overflow = self.overflow.get_or_insert_with(|| build(&vec![OVERFLOW.to_string(); label_count]));
-                if remembered < self.limit.saturating_add(FOLDED_MEMORY.max(self.limit)) {
-                    v.insert(overflow.clone())
-                } else {
-                    overflow
-                }
-            }
+        if self.index.len() < self.limit.saturating_add(FOLDED_MEMORY.max(self.limit)) {
+            self.index.insert(key, slot);
         }
+        &self.handles[slot as usize]
+    }
+
+    fn push(&mut self, key: K, handles: H) -> &H {
+        self.handles.push(handles);
+        let slot = self.handles.len() - 1;
+        self.index.insert(key, slot as u32);
+        &self.handles[slot]
     }
 
     /// Label sets with their own series.
