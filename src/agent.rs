@@ -63,6 +63,7 @@ pub fn load_one(probe_config: &ProbeConfig, ctx: &LoadContext) -> Outcome {
 /// `sonde run`.
 pub fn run(config: Config) -> Result<()> {
     let started = Instant::now();
+    system::tune_allocator();
     system::prepare()?;
     verifier_log::install();
     let metrics = Arc::new(Metrics::new(&config).context("setting up metrics")?);

@@ -36,6 +36,18 @@ pub fn has_bpf_privileges() -> bool {
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
 
+/// Keeps memory that a scrape used from staying resident: buffers of 256 KiB
+/// and more (the text of a large /metrics) are mapped and unmapped rather
+/// than kept in the heap, and the few threads share two malloc arenas.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only adjusts glibc's allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Checks privileges, mounts tracefs if needed and lifts the memlock limit.
 pub fn prepare() -> Result<(), SystemError> {
     if !has_bpf_privileges() {
