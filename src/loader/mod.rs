@@ -158,20 +158,41 @@ impl CommonRodata {
     }
 }
 
-/// Copies `CommonRodata` into a skeleton's generated `rodata` type, whose
-/// fields of the same names come from `common.h`.
-macro_rules! set_common_rodata {
-    ($rodata:expr, $common:expr) => {{
-        let rodata = $rodata;
-        let common = $common;
-        rodata.filter_tgid = common.filter_tgid;
-        rodata.ignore_tgid = common.ignore_tgid;
-        rodata.filter_comm_count = common.filter_comm_count;
-        rodata.filter_comms = common.filter_comms;
-        rodata.wakeup_bytes = common.wakeup_bytes;
-    }};
+/// Defines a probe's `load` function: open its skeleton, copy
+/// `CommonRodata` into the generated `rodata` type (whose fields of the same
+/// names come from `common.h`), let `$extra` set the probe's own `.rodata`
+/// from its config, and go on with `load_skeleton`.
+macro_rules! skeleton_loader {
+    ($builder:ty) => {
+        $crate::loader::skeleton_loader!($builder, |_rodata, _config| {});
+    };
+    ($builder:ty, |$rodata:ident, $config:ident| $extra:block) => {
+        fn load(
+            config: &$crate::config::ProbeConfig,
+            hook: &'static $crate::probes::HookSpec,
+            ctx: &$crate::loader::LoadContext,
+        ) -> Result<$crate::loader::Loaded, $crate::loader::LoadError> {
+            let mut storage = std::mem::MaybeUninit::uninit();
+            let common = $crate::loader::CommonRodata::new(&config.filter, ctx);
+            $crate::loader::load_skeleton(<$builder>::default(), &mut storage, hook, ctx, |skel| {
+                let $rodata = skel
+                    .maps
+                    .rodata_data
+                    .as_deref_mut()
+                    .ok_or($crate::loader::LoadError::Missing(".rodata"))?;
+                $rodata.filter_tgid = common.filter_tgid;
+                $rodata.ignore_tgid = common.ignore_tgid;
+                $rodata.filter_comm_count = common.filter_comm_count;
+                $rodata.filter_comms = common.filter_comms;
+                $rodata.wakeup_bytes = common.wakeup_bytes;
+                let $config = config;
+                $extra
+                Ok(())
+            })
+        }
+    };
 }
-pub(crate) use set_common_rodata;
+pub(crate) use skeleton_loader;
 
 /// Opens the skeleton, lets the probe set its `.rodata`, sizes the ring,
 /// keeps only `hook`'s programs, loads, and attaches each program.

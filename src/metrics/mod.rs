@@ -11,7 +11,7 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use local::Encode;
 pub use local::{Counter, Family, Histogram};
-pub use series::SeriesCache;
+pub use series::{Build, SeriesCache};
 
 use crate::config::Config;
 

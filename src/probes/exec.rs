@@ -1,11 +1,9 @@
 //! `exec`: successful execve() calls by the new program's name.
 
-use std::mem::MaybeUninit;
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
-use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
+use crate::loader;
 use crate::metrics::{label_values, Counter, Metrics, SeriesCache};
 
 mod skel {
@@ -28,15 +26,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     default_labels: &["comm"],
 };
 
-fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
-    let mut storage = MaybeUninit::uninit();
-    let common = CommonRodata::new(&config.filter, ctx);
-    loader::load_skeleton(ExecSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
-        let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(&mut *rodata, &common);
-        Ok(())
-    })
-}
+loader::skeleton_loader!(ExecSkelBuilder);
 
 struct Sink {
     by_comm: bool,
@@ -45,13 +35,10 @@ struct Sink {
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
-    let labels = config.labels.clone();
-    let family = metrics.counter_family(EXECS, SPEC.metrics[0].help, &labels)?;
-    let build = Box::new(move |values: &[String]| family.child(values));
     Ok(Box::new(Sink {
         by_comm: config.has_label("comm"),
-        series: metrics.series_cache(&[EXECS], labels.len(), build),
-        labels,
+        series: super::series(metrics, &SPEC, config)?,
+        labels: config.labels.clone(),
     }))
 }
 

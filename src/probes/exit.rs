@@ -1,11 +1,9 @@
 //! `exit`: processes that ended, by name and how: exit code or fatal signal.
 
-use std::mem::MaybeUninit;
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
-use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
+use crate::loader;
 use crate::metrics::{label_values, Counter, Metrics, SeriesCache};
 
 mod skel {
@@ -32,15 +30,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     default_labels: &["comm", "code", "signal"],
 };
 
-fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
-    let mut storage = MaybeUninit::uninit();
-    let common = CommonRodata::new(&config.filter, ctx);
-    loader::load_skeleton(ExitSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
-        let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(&mut *rodata, &common);
-        Ok(())
-    })
-}
+loader::skeleton_loader!(ExitSkelBuilder);
 
 /// How a wait(2) status reads as labels: (`code`, `signal`).
 pub fn status_labels(status: u32) -> (String, String) {
@@ -65,14 +55,11 @@ struct Sink {
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
-    let labels = config.labels.clone();
-    let family = metrics.counter_family(EXITS, SPEC.metrics[0].help, &labels)?;
-    let build = Box::new(move |values: &[String]| family.child(values));
     Ok(Box::new(Sink {
         key_comm: config.has_label("comm"),
         key_status: config.has_label("code") || config.has_label("signal"),
-        series: metrics.series_cache(&[EXITS], labels.len(), build),
-        labels,
+        series: super::series(metrics, &SPEC, config)?,
+        labels: config.labels.clone(),
     }))
 }
 

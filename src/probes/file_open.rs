@@ -1,11 +1,9 @@
 //! `file_open`: openat() calls by process name and result, with latency.
 
-use std::mem::MaybeUninit;
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
-use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
+use crate::loader;
 use crate::metrics::{label_values, Counter, Histogram, Metrics, SeriesCache};
 
 mod skel {
@@ -38,15 +36,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     default_labels: &["comm", "result"],
 };
 
-fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
-    let mut storage = MaybeUninit::uninit();
-    let common = CommonRodata::new(&config.filter, ctx);
-    loader::load_skeleton(FileOpenSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
-        let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(&mut *rodata, &common);
-        Ok(())
-    })
-}
+loader::skeleton_loader!(FileOpenSkelBuilder);
 
 /// `ok` for a descriptor, else the errno's name (`ENOENT`).
 pub fn result_label(ret: i32) -> String {
@@ -69,15 +59,11 @@ struct Sink {
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
-    let labels = config.labels.clone();
-    let opens = metrics.counter_family(OPENS, SPEC.metrics[0].help, &labels)?;
-    let duration = metrics.histogram_family(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
-    let build = Box::new(move |values: &[String]| (opens.child(values), duration.child(values)));
     Ok(Box::new(Sink {
         key_comm: config.has_label("comm"),
         key_result: config.has_label("result"),
-        series: metrics.series_cache(&[OPENS, DURATION], labels.len(), build),
-        labels,
+        series: super::series(metrics, &SPEC, config)?,
+        labels: config.labels.clone(),
     }))
 }
 

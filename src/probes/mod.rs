@@ -12,7 +12,7 @@ mod vfs_io;
 use crate::config::ProbeConfig;
 use crate::events::EventSink;
 use crate::loader::{LoadContext, LoadError, Loaded};
-use crate::metrics::Metrics;
+use crate::metrics::{Build, Counter, Family, Histogram, Metrics, SeriesCache};
 
 /// How a program hooks into the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +110,53 @@ pub fn reserved_label(name: &str) -> bool {
     crate::metrics::SELF_LABELS.contains(&name) || PROBES.iter().any(|p| p.spec.labels.contains(&name))
 }
 
+/// The metric cells a probe updates per label set, one per metric in its
+/// spec, in order.
+pub trait Handles: Sized + 'static {
+    fn build(metrics: &Metrics, specs: &[MetricSpec], config: &ProbeConfig) -> prometheus::Result<Build<Self>>;
+}
+
+fn counter(metrics: &Metrics, spec: &MetricSpec, config: &ProbeConfig) -> prometheus::Result<Family<Counter>> {
+    metrics.counter_family(spec.name, spec.help, &config.labels)
+}
+
+fn histogram(metrics: &Metrics, spec: &MetricSpec, config: &ProbeConfig) -> prometheus::Result<Family<Histogram>> {
+    metrics.histogram_family(spec.name, spec.help, &config.labels, config.buckets.bounds())
+}
+
+impl Handles for Counter {
+    fn build(metrics: &Metrics, specs: &[MetricSpec], config: &ProbeConfig) -> prometheus::Result<Build<Self>> {
+        let family = counter(metrics, &specs[0], config)?;
+        Ok(Box::new(move |values: &[String]| family.child(values)))
+    }
+}
+
+impl Handles for (Counter, Counter) {
+    fn build(metrics: &Metrics, specs: &[MetricSpec], config: &ProbeConfig) -> prometheus::Result<Build<Self>> {
+        let (a, b) = (counter(metrics, &specs[0], config)?, counter(metrics, &specs[1], config)?);
+        Ok(Box::new(move |values: &[String]| (a.child(values), b.child(values))))
+    }
+}
+
+impl Handles for (Counter, Histogram) {
+    fn build(metrics: &Metrics, specs: &[MetricSpec], config: &ProbeConfig) -> prometheus::Result<Build<Self>> {
+        let (a, b) = (counter(metrics, &specs[0], config)?, histogram(metrics, &specs[1], config)?);
+        Ok(Box::new(move |values: &[String]| (a.child(values), b.child(values))))
+    }
+}
+
+/// Registers `spec`'s metrics with the configured labels and returns the
+/// cache that resolves their cells once per label set.
+pub fn series<K: std::hash::Hash + Eq, H: Handles>(
+    metrics: &Metrics,
+    spec: &ProbeSpec,
+    config: &ProbeConfig,
+) -> prometheus::Result<SeriesCache<K, H>> {
+    let build = H::build(metrics, spec.metrics, config)?;
+    let names: Vec<&str> = spec.metrics.iter().map(|m| m.name).collect();
+    Ok(metrics.series_cache(&names, config.labels.len(), build))
+}
+
 /// `comm` bytes up to the first NUL, as the label value.
 pub fn comm_str(comm: &[i8; 16]) -> String {
     let bytes: Vec<u8> = comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
@@ -141,6 +188,20 @@ mod tests {
             assert!(!p.spec.hooks.is_empty(), "{} has no hook", p.spec.name);
             for l in p.spec.default_labels {
                 assert!(p.spec.labels.contains(l), "{}: default label {l} not in labels", p.spec.name);
+            }
+        }
+    }
+
+    /// Each probe's handles match its declared metrics (the `Handles`
+    /// impls index the spec's metrics), with default and with no labels.
+    #[test]
+    fn every_sink_builds_its_declared_metrics() {
+        for probe in PROBES {
+            for labels in ["", "\n    labels: []"] {
+                let yaml = format!("probes:\n  {}:{labels}\n", probe.spec.name);
+                let config = crate::config::Config::parse(&yaml, "test.yaml").expect("valid config");
+                let metrics = Metrics::new(&config).expect("metrics");
+                assert!((probe.sink)(&config.probes[0], &metrics).is_ok(), "{}: sink", probe.spec.name);
             }
         }
     }

@@ -1,11 +1,9 @@
 //! `syscalls`: every system call by name, with latency.
 
-use std::mem::MaybeUninit;
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
-use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
+use crate::loader;
 use crate::metrics::{label_values, Counter, Histogram, Metrics, SeriesCache};
 
 mod skel {
@@ -38,17 +36,9 @@ static SPEC: ProbeSpec = ProbeSpec {
     default_labels: &["syscall"],
 };
 
-fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
-    let mut storage = MaybeUninit::uninit();
-    let common = CommonRodata::new(&config.filter, ctx);
-    let want_comm = config.has_label("comm");
-    loader::load_skeleton(SyscallsSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
-        let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(&mut *rodata, &common);
-        rodata.want_comm = want_comm;
-        Ok(())
-    })
-}
+loader::skeleton_loader!(SyscallsSkelBuilder, |rodata, config| {
+    rodata.want_comm = config.has_label("comm");
+});
 
 /// The syscall's name on this architecture, or `syscall_<nr>`.
 pub fn syscall_name(nr: u32) -> String {
@@ -68,15 +58,11 @@ struct Sink {
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
-    let labels = config.labels.clone();
-    let calls = metrics.counter_family(CALLS, SPEC.metrics[0].help, &labels)?;
-    let duration = metrics.histogram_family(DURATION, SPEC.metrics[1].help, &labels, config.buckets.bounds())?;
-    let build = Box::new(move |values: &[String]| (calls.child(values), duration.child(values)));
     Ok(Box::new(Sink {
         key_syscall: config.has_label("syscall"),
         key_comm: config.has_label("comm"),
-        series: metrics.series_cache(&[CALLS, DURATION], labels.len(), build),
-        labels,
+        series: super::series(metrics, &SPEC, config)?,
+        labels: config.labels.clone(),
     }))
 }
 

@@ -2,12 +2,10 @@
 //! kernel functions are hooked with kretprobes, or with fexit where kprobes
 //! are missing.
 
-use std::mem::MaybeUninit;
-
 use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
 use crate::config::ProbeConfig;
 use crate::events::{decode, DecodeError, EventSink};
-use crate::loader::{self, CommonRodata, LoadContext, LoadError, Loaded};
+use crate::loader;
 use crate::metrics::{label_values, Counter, Metrics, SeriesCache};
 
 mod skel {
@@ -47,15 +45,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     default_labels: &["comm", "op"],
 };
 
-fn load(config: &ProbeConfig, hook: &'static HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
-    let mut storage = MaybeUninit::uninit();
-    let common = CommonRodata::new(&config.filter, ctx);
-    loader::load_skeleton(VfsIoSkelBuilder::default(), &mut storage, hook, ctx, |skel| {
-        let rodata = skel.maps.rodata_data.as_deref_mut().ok_or(LoadError::Missing(".rodata"))?;
-        loader::set_common_rodata!(&mut *rodata, &common);
-        Ok(())
-    })
-}
+loader::skeleton_loader!(VfsIoSkelBuilder);
 
 fn op_name(op: u32) -> &'static str {
     if op == types::vfs_op::VFS_OP_WRITE.0 {
@@ -75,15 +65,11 @@ struct Sink {
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
-    let labels = config.labels.clone();
-    let calls = metrics.counter_family(CALLS, SPEC.metrics[0].help, &labels)?;
-    let bytes = metrics.counter_family(BYTES, SPEC.metrics[1].help, &labels)?;
-    let build = Box::new(move |values: &[String]| (calls.child(values), bytes.child(values)));
     Ok(Box::new(Sink {
         key_comm: config.has_label("comm"),
         key_op: config.has_label("op"),
-        series: metrics.series_cache(&[CALLS, BYTES], labels.len(), build),
-        labels,
+        series: super::series(metrics, &SPEC, config)?,
+        labels: config.labels.clone(),
     }))
 }
 
