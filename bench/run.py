@@ -1057,7 +1057,7 @@ def render_doc(res, s, command):
         *throughput_tables(res, s),
         "",
         "sonde's config for the run (the port and pid vary"
-        + ("" if "ring_buffer" in res.get("sonde_config", "") else "; `ring_buffer` is sonde's default: 1 MiB rings, "
+        + ("" if "ring_buffer" in res.get("sonde_config", "") else "; `ring_buffer` is sonde's default: rings sized from the CPU count (1 MiB for syscalls on 2 CPUs), "
            "wakeup at 64 KiB, drained every 100 ms")
         + "):",
         "",

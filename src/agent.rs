@@ -30,7 +30,11 @@ pub enum Outcome {
 }
 
 pub fn load_context(config: &Config) -> LoadContext {
-    LoadContext { ring: config.ring_buffer.clone(), self_tgid: std::process::id() }
+    LoadContext {
+        ring: config.ring_buffer.clone(),
+        cpus: libbpf_rs::num_possible_cpus().unwrap_or(1),
+        self_tgid: std::process::id(),
+    }
 }
 
 /// Loads and attaches one probe, logging why it failed if it did.

@@ -130,17 +130,47 @@ impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
 
 #[derive(Debug, Clone)]
 pub struct RingBufferConfig {
-    /// Bytes of each probe's ring: a power of two, at least one page.
-    pub size_bytes: u32,
-    /// The reader is woken once this many bytes wait; 0 wakes it per event.
-    pub wakeup_bytes: u32,
+    /// Bytes of every probe's ring (a power of two, at least one page), or
+    /// None to size each probe's ring from the CPU count and its rate.
+    pub size_bytes: Option<u32>,
+    /// Wake the reader each time another this many bytes wait; 0 lets the
+    /// kernel wake it per event. None: 64 KiB, at most a quarter of the ring.
+    pub wakeup_bytes: Option<u32>,
     /// How often the reader drains the rings when no wakeup came.
     pub poll_interval_ms: u32,
 }
 
+/// Default `wakeup_bytes`, capped at a quarter of the ring.
+pub const DEFAULT_WAKEUP_BYTES: u32 = 64 << 10;
+
 impl Default for RingBufferConfig {
     fn default() -> Self {
-        Self { size_bytes: 1 << 20, wakeup_bytes: 1 << 16, poll_interval_ms: 100 }
+        Self { size_bytes: None, wakeup_bytes: None, poll_interval_ms: 100 }
+    }
+}
+
+/// One probe's ring, resolved from the config and the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingSize {
+    pub size_bytes: u32,
+    pub wakeup_bytes: u32,
+}
+
+impl RingBufferConfig {
+    /// The ring for a probe that needs `per_cpu_bytes` of room per CPU at its
+    /// expected rate, on a machine with `cpus` CPUs: every CPU can fill the
+    /// one ring at once, so its size grows with them (up to 64 MiB).
+    pub fn for_probe(&self, per_cpu_bytes: u32, cpus: usize) -> RingSize {
+        let size_bytes = self.size_bytes.unwrap_or_else(|| {
+            let wanted = u64::from(per_cpu_bytes).saturating_mul(cpus.max(1) as u64);
+            wanted.clamp(16 << 10, 64 << 20).next_power_of_two() as u32
+        });
+        let wakeup_bytes = match (self.size_bytes, self.wakeup_bytes) {
+            // both given: validated against each other when parsed
+            (Some(_), Some(wakeup)) => wakeup,
+            (_, wakeup) => wakeup.unwrap_or(DEFAULT_WAKEUP_BYTES).min(size_bytes / 4),
+        };
+        RingSize { size_bytes, wakeup_bytes }
     }
 }
 
@@ -173,32 +203,26 @@ impl<'de> Visitor<'de> for RingBufferVisitor {
         while let Some(key) = map.next_key_seed(OneOf { keys: KEYS, what: "ring_buffer", seen: &seen })? {
             seen.insert(key);
             match key {
-                "size_bytes" => size = Some(map.next_value_seed(RingSize { wakeup })?),
+                "size_bytes" => size = Some(map.next_value_seed(RingSizeSeed { wakeup })?),
                 "wakeup_bytes" => wakeup = Some(map.next_value_seed(WakeupBytes { size })?),
                 "poll_interval_ms" => poll = Some(map.next_value_seed(PollInterval)?),
                 _ => unreachable!("OneOf only yields KEYS"),
             }
         }
-        let size_bytes = size.unwrap_or(defaults.size_bytes);
-        // The default wakeup shrinks with a small ring, so it always fits.
-        let wakeup_bytes = wakeup.unwrap_or(defaults.wakeup_bytes.min(size_bytes / 4));
-        if wakeup_bytes >= size_bytes {
-            // Only an explicit wakeup_bytes against the default size gets
-            // here; it is reported at the ring_buffer mapping.
-            return Err(de::Error::custom(format!(
-                "wakeup_bytes ({wakeup_bytes}) must be smaller than size_bytes ({size_bytes}, the default)"
-            )));
-        }
-        Ok(RingBufferConfig { size_bytes, wakeup_bytes, poll_interval_ms: poll.unwrap_or(defaults.poll_interval_ms) })
+        Ok(RingBufferConfig {
+            size_bytes: size,
+            wakeup_bytes: wakeup,
+            poll_interval_ms: poll.unwrap_or(defaults.poll_interval_ms),
+        })
     }
 }
 
-struct RingSize {
+struct RingSizeSeed {
     /// wakeup_bytes, if it came earlier in the mapping.
     wakeup: Option<u32>,
 }
 
-impl<'de> DeserializeSeed<'de> for RingSize {
+impl<'de> DeserializeSeed<'de> for RingSizeSeed {
     type Value = u32;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {

@@ -17,7 +17,7 @@ fn embedded_default_enables_every_probe_with_defaults() {
     assert_eq!(config.series_limit, 10_000);
     assert!(!config.bpf_stats && !config.strict);
     let rb = &config.ring_buffer;
-    assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (1 << 20, 1 << 16, 100));
+    assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (None, None, 100));
     let names: Vec<&str> = config.probes.iter().map(|p| p.spec.name).collect();
     assert_eq!(names, crate::probes::names());
     for p in &config.probes {
@@ -37,7 +37,7 @@ fn example_config_parses_to_what_it_documents() {
     let labels: Vec<(&str, &str)> = config.const_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(labels, [("cluster", "prod-eu1"), ("rack", "07")]);
     let rb = &config.ring_buffer;
-    assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (4 << 20, 256 << 10, 100));
+    assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (Some(4 << 20), Some(256 << 10), 100));
     assert_eq!(config.series_limit, 20_000);
     assert!(!config.bpf_stats && !config.strict);
 
@@ -105,7 +105,7 @@ fn empty_and_null_settings_mean_defaults() {
     let config = parse("const_labels: ~\nring_buffer:\nprobes:\n  exec: ~\n  exit:\n    filter: ~\n  syscalls: {}\n")
         .expect("valid config");
     assert!(config.const_labels.is_empty());
-    assert_eq!(config.ring_buffer.size_bytes, 1 << 20);
+    assert_eq!(config.ring_buffer.size_bytes, None);
     for p in &config.probes {
         assert_eq!(p.labels, p.spec.default_labels);
         assert_eq!(p.filter, Filter::default());
@@ -134,15 +134,27 @@ fn const_label_values_are_scalars_kept_as_written() {
 
 #[test]
 fn ring_buffer_sizes() {
+    use super::RingSize;
     let ring = |body: &str| parse(&format!("ring_buffer:\n{body}probes:\n  exec:\n")).map(|c| c.ring_buffer);
-    // the default wakeup shrinks to a quarter of a small ring
+    // automatic: per-CPU room times CPUs, a power of two from 16 KiB to
+    // 64 MiB; the default wakeup is 64 KiB, at most a quarter of the ring
+    let auto = ring("  poll_interval_ms: 100\n").expect("automatic sizes");
+    assert_eq!(auto.for_probe(512 << 10, 2), RingSize { size_bytes: 1 << 20, wakeup_bytes: 64 << 10 });
+    assert_eq!(auto.for_probe(16 << 10, 2), RingSize { size_bytes: 32 << 10, wakeup_bytes: 8 << 10 });
+    assert_eq!(auto.for_probe(16 << 10, 1), RingSize { size_bytes: 16 << 10, wakeup_bytes: 4 << 10 });
+    assert_eq!(auto.for_probe(128 << 10, 3), RingSize { size_bytes: 512 << 10, wakeup_bytes: 64 << 10 });
+    assert_eq!(auto.for_probe(512 << 10, 1024), RingSize { size_bytes: 64 << 20, wakeup_bytes: 64 << 10 });
+    // a size given applies to every probe
     let small = ring("  size_bytes: 4096\n").expect("one page");
-    assert_eq!((small.size_bytes, small.wakeup_bytes), (4096, 1024));
+    assert_eq!(small.for_probe(512 << 10, 64), RingSize { size_bytes: 4096, wakeup_bytes: 1024 });
     // wakeup_bytes is checked against size_bytes in either order
     let big = ring("  wakeup_bytes: 2000000\n  size_bytes: 4194304\n").expect("wakeup below size");
-    assert_eq!((big.size_bytes, big.wakeup_bytes), (4 << 20, 2_000_000));
+    assert_eq!(big.for_probe(1, 1), RingSize { size_bytes: 4 << 20, wakeup_bytes: 2_000_000 });
+    // with automatic sizes an explicit wakeup is capped at a quarter ring
+    let wakeup = ring("  wakeup_bytes: 2000000\n").expect("automatic size, explicit wakeup");
+    assert_eq!(wakeup.for_probe(16 << 10, 2), RingSize { size_bytes: 32 << 10, wakeup_bytes: 8 << 10 });
     let zero = ring("  wakeup_bytes: 0\n  poll_interval_ms: 10\n").expect("wake per event");
-    assert_eq!((zero.wakeup_bytes, zero.poll_interval_ms), (0, 10));
+    assert_eq!((zero.for_probe(16 << 10, 2).wakeup_bytes, zero.poll_interval_ms), (0, 10));
 }
 
 /// A config that must be refused, where, and words the message must hold.
@@ -233,8 +245,6 @@ const BAD: &[Bad] = &[
     bad("ring_buffer:\n  wakeup_bytes: 65536\n  size_bytes: 65536\nprobes:\n  exec:\n", 3, 15,
         &["ring_buffer.size_bytes", "65536 must be larger than wakeup_bytes (65536)"]),
     // only the default size to compare with: reported at the mapping
-    bad("ring_buffer:\n  poll_interval_ms: 50\n  wakeup_bytes: 2000000\nprobes:\n  exec:\n", 2, 3,
-        &["ring_buffer", "wakeup_bytes (2000000) must be smaller than size_bytes (1048576, the default)"]),
     bad("ring_buffer:\n  poll_interval_ms: 0\nprobes:\n  exec:\n", 2, 21, &["poll_interval_ms", "0 is out of range"]),
     bad("ring_buffer:\n  size: 4096\nprobes:\n  exec:\n", 2, 3,
         &["unknown ring_buffer key `size`", "size_bytes, wakeup_bytes, poll_interval_ms"]),

@@ -11,13 +11,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapHandle, OpenObject};
 
-use crate::config::{Filter, HookChoice, ProbeConfig, RingBufferConfig, MAX_COMM_FILTERS};
+use crate::config::{Filter, HookChoice, ProbeConfig, RingBufferConfig, RingSize, MAX_COMM_FILTERS};
 use crate::probes::{HookKind, HookSpec, Probe};
 
 /// What every load needs besides the probe's own config.
 #[derive(Debug, Clone)]
 pub struct LoadContext {
     pub ring: RingBufferConfig,
+    /// Possible CPUs, which automatic ring sizes scale with.
+    pub cpus: usize,
     /// The agent's own process, whose events are never produced.
     pub self_tgid: u32,
 }
@@ -140,7 +142,7 @@ pub struct CommonRodata {
 }
 
 impl CommonRodata {
-    pub fn new(filter: &Filter, ctx: &LoadContext) -> Self {
+    pub fn new(filter: &Filter, ctx: &LoadContext, ring: RingSize) -> Self {
         let mut filter_comms = [[0i8; 16]; MAX_COMM_FILTERS];
         for (slot, comm) in filter_comms.iter_mut().zip(&filter.comm) {
             // config validation keeps comms at 15 bytes or fewer: NUL stays
@@ -153,7 +155,7 @@ impl CommonRodata {
             ignore_tgid: ctx.self_tgid,
             filter_comm_count: filter.comm.len() as u32,
             filter_comms,
-            wakeup_bytes: u64::from(ctx.ring.wakeup_bytes),
+            wakeup_bytes: u64::from(ring.wakeup_bytes),
         }
     }
 }
@@ -173,8 +175,9 @@ macro_rules! skeleton_loader {
             ctx: &$crate::loader::LoadContext,
         ) -> Result<$crate::loader::Loaded, $crate::loader::LoadError> {
             let mut storage = std::mem::MaybeUninit::uninit();
-            let common = $crate::loader::CommonRodata::new(&config.filter, ctx);
-            $crate::loader::load_skeleton(<$builder>::default(), &mut storage, hook, ctx, |skel| {
+            let ring = ctx.ring.for_probe(config.spec.ring_bytes_per_cpu, ctx.cpus);
+            let common = $crate::loader::CommonRodata::new(&config.filter, ctx, ring);
+            $crate::loader::load_skeleton(<$builder>::default(), &mut storage, hook, ring, |skel| {
                 let $rodata = skel
                     .maps
                     .rodata_data
@@ -200,7 +203,7 @@ pub fn load_skeleton<'obj, B, F>(
     builder: B,
     storage: &'obj mut MaybeUninit<OpenObject>,
     hook: &'static HookSpec,
-    ctx: &LoadContext,
+    ring: RingSize,
     set_rodata: F,
 ) -> Result<Loaded, LoadError>
 where
@@ -214,7 +217,7 @@ where
     let mut sized = false;
     for mut map in object.maps_mut() {
         if map.name() == "events" {
-            map.set_max_entries(ctx.ring.size_bytes).map_err(LoadError::Open)?;
+            map.set_max_entries(ring.size_bytes).map_err(LoadError::Open)?;
             sized = true;
         }
     }

@@ -24,6 +24,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     metrics: &[MetricSpec { name: EXECS, kind: MetricKind::Counter, help: "Successful execve() calls." }],
     labels: &["comm"],
     default_labels: &["comm"],
+    ring_bytes_per_cpu: 16 << 10,
 };
 
 loader::skeleton_loader!(ExecSkelBuilder);

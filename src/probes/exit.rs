@@ -28,6 +28,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     }],
     labels: &["comm", "code", "signal"],
     default_labels: &["comm", "code", "signal"],
+    ring_bytes_per_cpu: 16 << 10,
 };
 
 loader::skeleton_loader!(ExitSkelBuilder);

@@ -34,6 +34,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     ],
     labels: &["comm", "result"],
     default_labels: &["comm", "result"],
+    ring_bytes_per_cpu: 128 << 10,
 };
 
 loader::skeleton_loader!(FileOpenSkelBuilder);

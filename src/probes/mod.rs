@@ -68,6 +68,9 @@ pub struct ProbeSpec {
     /// Every label its metrics can carry.
     pub labels: &'static [&'static str],
     pub default_labels: &'static [&'static str],
+    /// Ring buffer room per CPU at the probe's expected event rate, for
+    /// rings sized automatically (`ring_buffer.size_bytes` unset).
+    pub ring_bytes_per_cpu: u32,
 }
 
 impl ProbeSpec {

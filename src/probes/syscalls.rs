@@ -34,6 +34,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     ],
     labels: &["syscall", "comm"],
     default_labels: &["syscall"],
+    ring_bytes_per_cpu: 512 << 10,
 };
 
 loader::skeleton_loader!(SyscallsSkelBuilder, |rodata, config| {

@@ -43,6 +43,7 @@ static SPEC: ProbeSpec = ProbeSpec {
     ],
     labels: &["comm", "op"],
     default_labels: &["comm", "op"],
+    ring_bytes_per_cpu: 512 << 10,
 };
 
 loader::skeleton_loader!(VfsIoSkelBuilder);
