@@ -51,20 +51,27 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-use sonde::probes::syscalls::Event;
+use sonde::probes::syscalls::{Event, EventHead};
 
 fn new_event(comm: &[u8], duration_ns: u64, nr: u32) -> Event {
-    let mut event = Event { duration_ns, nr, ..Default::default() };
+    let mut event = Event { head: EventHead { duration_ns, nr, ..Default::default() }, ..Default::default() };
     for (dst, src) in event.comm.iter_mut().zip(comm) {
         *dst = *src as i8;
     }
     event
 }
 
-fn bytes(event: &Event) -> &[u8] {
-    // SAFETY: the generated type is plain data whose padding is spelled out
-    // as fields, so every byte is initialised.
-    unsafe { plain::as_bytes(event) }
+/// The record the probe sends: the head alone unless the comm label is on.
+fn bytes(event: &Event, with_comm: bool) -> &[u8] {
+    // SAFETY: the generated types are plain data whose padding is spelled
+    // out as fields, so every byte is initialised.
+    unsafe {
+        if with_comm {
+            plain::as_bytes(event)
+        } else {
+            plain::as_bytes(&event.head)
+        }
+    }
 }
 
 /// The syscalls probe's sink on a fresh registry, as the agent builds it.
@@ -75,7 +82,7 @@ fn syscalls_sink(labels: &str) -> (Metrics, Box<dyn EventSink>) {
     let mut sink = (probe.sink)(&config.probes[0], &metrics).expect("sink");
     let nr = syscalls::Sysno::getppid.id() as u32;
     let getppid = new_event(b"bench", 1500, nr);
-    sink.handle(bytes(&getppid)).expect("the bench event decodes");
+    sink.handle(bytes(&getppid, labels.contains("comm"))).expect("the bench event decodes");
     let text = metrics.encode().expect("encode");
     assert!(
         text.lines()
@@ -99,12 +106,13 @@ fn event(c: &mut Criterion) {
             .map(|i| new_event(format!("worker-0{}", i % 4).as_bytes(), 200 + u64::from(i % 5000) * 37, i % KEYS))
             .collect();
         let id = labels.replace(", ", "+");
+        let with_comm = labels.contains("comm");
         group.bench_function(BenchmarkId::from_parameter(id), |b| {
             b.iter(|| {
                 for e in &events {
                     // what the ring buffer callback in events.rs does per record
                     received.add(1);
-                    black_box(sink.handle(bytes(e))).expect("decodes");
+                    black_box(sink.handle(bytes(e, with_comm))).expect("decodes");
                 }
             })
         });

@@ -3,10 +3,16 @@
  * paired through task-local storage on the BTF raw tracepoints. */
 #include "common.h"
 
-struct event {
-	char comm[TASK_COMM_LEN];
+/* Without the comm label a record is only this head: 24 bytes in the ring
+ * instead of 40, less for the reader's CPU to pull from the producer's. */
+struct event_head {
 	__u64 duration_ns;
 	__u32 nr;
+};
+
+struct event {
+	struct event_head head;
+	char comm[TASK_COMM_LEN];
 };
 
 const volatile struct event event_type = {};
@@ -47,7 +53,6 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
 	struct entry *entry;
-	struct event *e;
 
 	/* Other processes never have an entry; with a pid filter, skip the
 	 * storage lookup for them. */
@@ -56,13 +61,23 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
 	if (!entry || !entry->ts)
 		return 0;
-	e = reserve_event(struct event);
-	if (e) {
-		if (want_comm)
+	if (want_comm) {
+		struct event *e = reserve_event(struct event);
+
+		if (e) {
 			bpf_get_current_comm(e->comm, TASK_COMM_LEN);
-		e->duration_ns = bpf_ktime_get_ns() - entry->ts;
-		e->nr = entry->nr;
-		submit_event(e);
+			e->head.duration_ns = bpf_ktime_get_ns() - entry->ts;
+			e->head.nr = entry->nr;
+			submit_event(e);
+		}
+	} else {
+		struct event_head *h = reserve_event(struct event_head);
+
+		if (h) {
+			h->duration_ns = bpf_ktime_get_ns() - entry->ts;
+			h->nr = entry->nr;
+			submit_event(h);
+		}
 	}
 	entry->ts = 0;
 	return 0;

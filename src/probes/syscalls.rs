@@ -12,9 +12,12 @@ mod skel {
 use skel::{types, SyscallsSkelBuilder};
 
 unsafe impl plain::Plain for types::event {}
+unsafe impl plain::Plain for types::event_head {}
 
-/// The probe's ring buffer record, as the skeleton generates it from C.
+/// The probe's ring buffer records, as the skeleton generates them from C:
+/// `EventHead` alone without the comm label, `Event` with it.
 pub type Event = types::event;
+pub type EventHead = types::event_head;
 
 const CALLS: &str = "syscalls_total";
 const DURATION: &str = "syscall_duration_seconds";
@@ -69,21 +72,28 @@ fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, p
 
 impl EventSink for Sink {
     fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
-        let event: &types::event = decode(data)?;
-        let nr = if self.key_syscall { event.nr } else { 0 };
-        let comm = if self.key_comm { comm_key(&event.comm) } else { [0; 16] };
+        // The programs send the comm only when the comm label is on.
+        let (head, comm): (&types::event_head, &[i8; 16]) = if self.key_comm {
+            let event: &types::event = decode(data)?;
+            (&event.head, &event.comm)
+        } else {
+            (decode(data)?, &NO_COMM)
+        };
+        let nr = if self.key_syscall { head.nr } else { 0 };
         let labels = &self.labels;
-        let (count, latency) = self.series.get((nr, comm), || {
+        let (count, latency) = self.series.get((nr, comm_key(comm)), || {
             label_values(labels, |l| match l {
                 "syscall" => syscall_name(nr),
-                _ => comm_str(&event.comm),
+                _ => comm_str(comm),
             })
         });
         count.add(1);
-        latency.observe_ns(event.duration_ns);
+        latency.observe_ns(head.duration_ns);
         Ok(())
     }
 }
+
+const NO_COMM: [i8; 16] = [0; 16];
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("exit_reports_the_fatal_signal", exit_by_signal),
         Trial::test("file_open_counts_enoent_by_comm", file_open_enoent),
         Trial::test("syscalls_count_and_time_by_name", syscalls_by_name),
+        Trial::test("syscalls_without_comm_filtered_by_pid", syscalls_by_pid),
         Trial::test("filter_keeps_only_the_configured_comm", comm_filter),
         Trial::test("series_limit_folds_into_overflow", series_limit),
     ];
@@ -111,6 +112,21 @@ fn syscalls_by_name() -> Result<(), Failed> {
     check("histogram +Inf bucket", le_8s, 31.0)?;
     matrix("syscalls", "tp_btf", "ok");
     Ok(())
+}
+
+/// Without the comm label the probe sends shorter records; a pid filter
+/// keeps only this process.
+fn syscalls_by_pid() -> Result<(), Failed> {
+    let pid = std::process::id();
+    let agent =
+        Agent::start(&format!("probes:\n  syscalls:\n    labels: [syscall]\n    filter: {{pid: {pid}}}\n"), &[]);
+    workload::getppid_calls(29);
+    let labels = [("syscall", "getppid")];
+    let calls = agent.settle(29.0, |m| m.value("sonde_syscalls_total", &labels));
+    check("sonde_syscalls_total{syscall=getppid}", calls, 29.0)?;
+    let metrics = agent.scrape();
+    check("histogram count", metrics.value("sonde_syscall_duration_seconds_count", &labels), 29.0)?;
+    check("decode errors", metrics.value("sonde_decode_errors_total", &[("probe", "syscalls")]), 0.0)
 }
 
 /// With a comm filter, other processes' events are never produced.
