@@ -109,6 +109,7 @@ fn run(
     let mut builder = RingBufferBuilder::new();
     for ((probe, ring), (mut sink, received, decode_errors)) in rings.iter().zip(handlers) {
         let added = builder.add(ring, move |data: &[u8]| {
+            prefetch_ahead(data);
             received.add(1);
             if let Err(err) = sink.handle(data) {
                 decode_errors.inc();
@@ -151,6 +152,24 @@ fn run(
         }
     }
     ring_buffer.consume_raw();
+}
+
+/// Asks for the ring's memory a few records ahead of the one being read.
+/// Records were just written by another CPU, so each cache line is a
+/// cross-core transfer; requesting the next ones early overlaps them.
+/// A prefetch never faults, so running past the mapping is harmless.
+#[inline(always)]
+fn prefetch_ahead(data: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const AHEAD: usize = 256;
+        let ahead = data.as_ptr().wrapping_add(AHEAD);
+        // SAFETY: prefetch is a hint; it does not access memory
+        // architecturally and cannot fault.
+        unsafe { std::arch::x86_64::_mm_prefetch(ahead.cast(), std::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// Switches a ring's registration in libbpf's epoll set to edge-triggered.
