@@ -40,6 +40,10 @@ struct HistogramCells {
     /// Upper bounds in nanoseconds, rounded up so that an observation at a
     /// bound in seconds lands in that bucket.
     bounds_ns: Box<[u64]>,
+    /// For bounds `b, 2b, 4b, …` (the exp2 layout): ceil(log2(b)), which
+    /// finds the bucket with a leading-zero count and one compare instead
+    /// of a search.
+    exp2_shift: Option<u32>,
     /// One per bound, plus +Inf; not cumulative.
     buckets: Box<[AtomicU64]>,
     sum_ns: AtomicU64,
@@ -47,7 +51,15 @@ struct HistogramCells {
 
 impl Histogram {
     fn new(bounds_ns: &[u64]) -> Self {
+        let exp2 = bounds_ns.first().is_some_and(|&b| {
+            b > 0
+                && bounds_ns
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &x)| b.checked_shl(i as u32).is_some_and(|v| v >> i == b && v == x))
+        });
         Histogram(Arc::new(HistogramCells {
+            exp2_shift: exp2.then(|| 64 - (bounds_ns[0] - 1).leading_zeros()),
             bounds_ns: bounds_ns.into(),
             buckets: (0..=bounds_ns.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_ns: AtomicU64::new(0),
@@ -57,9 +69,29 @@ impl Histogram {
     #[inline]
     pub fn observe_ns(&self, ns: u64) {
         let cells = &*self.0;
-        let i = cells.bounds_ns.partition_point(|&bound| bound < ns);
+        let i = cells.bucket(ns);
         bump(&cells.buckets[i], 1);
         bump(&cells.sum_ns, ns);
+    }
+}
+
+impl HistogramCells {
+    /// The first bucket whose bound is at least `ns` (the +Inf bucket past
+    /// the last bound).
+    #[inline]
+    fn bucket(&self, ns: u64) -> usize {
+        let bounds = &self.bounds_ns;
+        let Some(shift) = self.exp2_shift else {
+            return bounds.partition_point(|&bound| bound < ns);
+        };
+        // With 2^(j-1) < ns <= 2^j, bound j - shift is within a factor of
+        // two of ns: the bucket is it or the next one.
+        let j = 64 - ns.saturating_sub(1).leading_zeros();
+        let i = j.saturating_sub(shift) as usize;
+        if i >= bounds.len() {
+            return bounds.len();
+        }
+        i + usize::from(ns > bounds[i])
     }
 }
 
@@ -249,6 +281,36 @@ mod tests {
              h_sum{k=\"a\"} 0.000009001\n\
              h_count{k=\"a\"} 5\n"
         );
+    }
+
+    #[test]
+    fn default_buckets_take_the_exp2_lookup() {
+        let bounds = crate::config::Buckets::Exp2.bounds();
+        let family: Family<Histogram> = Family::new("h", "help", &[], &BTreeMap::new(), bounds).expect("family");
+        let cells = family.child(&[]).0;
+        assert_eq!(cells.bounds_ns[..3], [1000, 2000, 4000]);
+        assert_eq!(cells.exp2_shift, Some(10));
+    }
+
+    #[test]
+    fn exp2_bucket_lookup_matches_a_search() {
+        let exp2: Vec<f64> = (0..24).map(|i| 1e-6 * f64::from(1u32 << i)).collect();
+        for bounds in [exp2, vec![0.5, 1.0, 2.0], vec![1e-9, 2e-9, 4e-9], vec![0.001, 0.01, 0.1]] {
+            let family: Family<Histogram> = Family::new("h", "help", &[], &BTreeMap::new(), bounds).expect("family");
+            let cells = family.child(&[]).0;
+            let mut values: Vec<u64> = (0..5000).collect();
+            for p in 0..63 {
+                values.extend([(1u64 << p) - 1, 1 << p, (1 << p) + 1]);
+            }
+            for &b in cells.bounds_ns.iter() {
+                values.extend([b - 1, b, b + 1]);
+            }
+            values.push(u64::MAX);
+            for ns in values {
+                let searched = cells.bounds_ns.partition_point(|&bound| bound < ns);
+                assert_eq!(cells.bucket(ns), searched, "ns={ns} bounds={:?}", cells.bounds_ns);
+            }
+        }
     }
 
     #[test]

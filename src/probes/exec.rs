@@ -32,7 +32,7 @@ loader::skeleton_loader!(ExecSkelBuilder);
 struct Sink {
     by_comm: bool,
     labels: Vec<&'static str>,
-    series: SeriesCache<[u8; 16], Counter>,
+    series: SeriesCache<u128, Counter>,
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
@@ -46,7 +46,7 @@ fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, p
 impl EventSink for Sink {
     fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
         let event: &types::event = decode(data)?;
-        let key = if self.by_comm { comm_key(&event.comm) } else { [0; 16] };
+        let key = if self.by_comm { comm_key(&event.comm) } else { 0 };
         let labels = &self.labels;
         self.series.get(key, || label_values(labels, |_| comm_str(&event.comm))).add(1);
         Ok(())

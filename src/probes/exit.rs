@@ -52,7 +52,7 @@ struct Sink {
     key_comm: bool,
     key_status: bool,
     labels: Vec<&'static str>,
-    series: SeriesCache<([u8; 16], u32), Counter>,
+    series: SeriesCache<(u128, u32), Counter>,
 }
 
 fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
@@ -67,7 +67,7 @@ fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, p
 impl EventSink for Sink {
     fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
         let event: &types::event = decode(data)?;
-        let comm = if self.key_comm { comm_key(&event.comm) } else { [0; 16] };
+        let comm = if self.key_comm { comm_key(&event.comm) } else { 0 };
         // Only the bits the labels show: exit status and signal number.
         let status = if self.key_status { event.exit_code & 0xff7f } else { 0 };
         let labels = &self.labels;

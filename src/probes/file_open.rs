@@ -55,7 +55,7 @@ type Handles = (Counter, Histogram);
 struct Sink {
     key_comm: bool,
     key_result: bool,
-    series: SeriesCache<([u8; 16], i32), Handles>,
+    series: SeriesCache<(u128, i32), Handles>,
     labels: Vec<&'static str>,
 }
 
@@ -71,7 +71,7 @@ fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, p
 impl EventSink for Sink {
     fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
         let event: &types::event = decode(data)?;
-        let comm = if self.key_comm { comm_key(&event.comm) } else { [0; 16] };
+        let comm = if self.key_comm { comm_key(&event.comm) } else { 0 };
         let result = if self.key_result { event.ret.min(0) } else { 0 };
         let labels = &self.labels;
         let (count, latency) = self.series.get((comm, result), || {

@@ -169,12 +169,22 @@ pub fn comm_str(comm: &[i8; 16]) -> String {
 /// `comm` as a hashable key: the bytes up to the first NUL, zero after it.
 /// The kernel may leave bytes of an earlier, longer name behind the NUL,
 /// and two keys for one label value would make two series of one name.
-pub fn comm_key(comm: &[i8; 16]) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    for (dst, &src) in key.iter_mut().zip(comm.iter().take_while(|&&c| c != 0)) {
-        *dst = src as u8;
+///
+/// One 16-byte load and a mask, rather than a byte loop: a key built byte
+/// by byte on the stack and then read as a whole stalls the hot path.
+#[inline]
+pub fn comm_key(comm: &[i8; 16]) -> u128 {
+    let v = u128::from_le_bytes(comm.map(|c| c as u8));
+    const ONES: u128 = u128::MAX / 255; // 0x0101...01
+    const HIGHS: u128 = ONES << 7; // 0x8080...80
+                                   // The lowest set bit marks the first zero byte (bits above it may be
+                                   // wrong, and do not matter).
+    let zeros = v.wrapping_sub(ONES) & !v & HIGHS;
+    if zeros == 0 {
+        return v;
     }
-    key
+    let first_zero_byte = zeros.trailing_zeros() / 8;
+    v & ((1u128 << (first_zero_byte * 8)) - 1)
 }
 
 #[cfg(test)]
@@ -217,6 +227,17 @@ mod tests {
         }
         comm[6] = b'x' as i8;
         assert_eq!(comm_str(&comm), "bash");
-        assert_eq!(comm_key(&comm), *b"bash\0\0\0\0\0\0\0\0\0\0\0\0", "bytes after the NUL are not part of the key");
+        assert_eq!(comm_key(&comm), u128::from_le_bytes(*b"bash\0\0\0\0\0\0\0\0\0\0\0\0"), "bytes after the NUL");
+        let full = [b'x' as i8; 16];
+        assert_eq!(comm_key(&full), u128::from_le_bytes([b'x'; 16]));
+        assert_eq!(comm_key(&[0; 16]), 0);
+        // bytes of 0x01 and 0x81 next to a NUL are where the zero-byte
+        // trick can misfire; the key must still end at the first NUL
+        let mut tricky = [0i8; 16];
+        tricky[0] = 1;
+        tricky[1] = 0;
+        tricky[2] = 1;
+        tricky[3] = -127;
+        assert_eq!(comm_key(&tricky), 1);
     }
 }

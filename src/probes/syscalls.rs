@@ -57,7 +57,7 @@ type Handles = (Counter, Histogram);
 struct Sink {
     key_syscall: bool,
     key_comm: bool,
-    series: SeriesCache<(u32, [u8; 16]), Handles>,
+    series: SeriesCache<(u32, u128), Handles>,
     labels: Vec<&'static str>,
 }
 

@@ -61,7 +61,7 @@ type Handles = (Counter, Counter);
 struct Sink {
     key_comm: bool,
     key_op: bool,
-    series: SeriesCache<([u8; 16], u32), Handles>,
+    series: SeriesCache<(u128, u32), Handles>,
     labels: Vec<&'static str>,
 }
 
@@ -77,7 +77,7 @@ fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, p
 impl EventSink for Sink {
     fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
         let event: &types::event = decode(data)?;
-        let comm = if self.key_comm { comm_key(&event.comm) } else { [0; 16] };
+        let comm = if self.key_comm { comm_key(&event.comm) } else { 0 };
         let op = if self.key_op { event.op } else { 0 };
         let labels = &self.labels;
         let (count, moved) = self.series.get((comm, op), || {
