@@ -9,26 +9,63 @@
 //! whole system (kernel programs, ring buffer, reader thread) on top.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use sonde::config::Config;
-use sonde::events::EventSink;
-use sonde::metrics::Metrics;
+use sonde::enrich::Enricher;
+use sonde::metrics::{Limits, Registry};
+use sonde::probes::syscalls::Event;
+use sonde::ring::Sink;
+use sonde::sink::{EnricherSource, ProbeSink};
 
 fn config(yaml: &str) -> Config {
-    Config::parse(yaml, "<bench>").expect("bench config is valid")
+    let catalog = sonde::probes::Registry::builtin().catalog();
+    Config::parse(yaml, "<bench>", &catalog).expect("bench config is valid")
 }
 
-/// A registry with sonde's self-metrics plus one counter family of `n` series.
-fn registry(n: usize) -> Metrics {
-    let metrics = Metrics::new(&config("probes:\n  exec: {}\n")).expect("metrics");
-    let family =
-        metrics.counter_family("bench_series_total", "Series for the encode benchmark.", &["key"]).expect("family");
-    for i in 0..n {
-        family.child(&[format!("series-{i:06}")]).add(i as u64);
+struct NoEnrichers;
+impl EnricherSource for NoEnrichers {
+    fn enricher_for(&self, label: &str) -> Result<(Arc<dyn Enricher>, usize), String> {
+        Err(format!("no enricher for {label} in the benchmark"))
     }
-    metrics
+}
+
+/// The syscalls probe's sink on a fresh registry, as the agent builds it.
+fn syscalls_sink(labels: &str, series: usize) -> (Registry, ProbeSink) {
+    let config = config(&format!("probes:\n  syscalls:\n    labels: [{labels}]\n"));
+    let registry = Registry::new("sonde", &config.const_labels).expect("registry");
+    let settings = &config.probes[0];
+    let decoder = sonde::probes::syscalls::decoder(settings);
+    let limits = Limits { series, ttl: None };
+    let (sink, _) = ProbeSink::new(settings, decoder, &registry, limits, &NoEnrichers).expect("sink");
+    (registry, sink)
+}
+
+fn new_event(comm: &[u8], duration_ns: u64, nr: u32) -> Event {
+    let mut event = Event { duration_ns, nr, ..Default::default() };
+    for (dst, src) in event.hdr.comm.iter_mut().zip(comm) {
+        *dst = *src as i8;
+    }
+    event
+}
+
+fn bytes(event: &Event) -> &[u8] {
+    // SAFETY: the generated types are plain data whose padding is spelled
+    // out as fields, so every byte is initialised.
+    unsafe { plain::as_bytes(event) }
+}
+
+/// A registry with sonde's self-metrics plus the syscalls probe with `n`
+/// series (distinct comms).
+fn registry(n: usize) -> Registry {
+    let (registry, mut sink) = syscalls_sink("syscall, comm", n + 1);
+    for i in 0..n {
+        let event = new_event(format!("s-{i:06}").as_bytes(), 1000 + i as u64, 39);
+        sink.handle(bytes(&event)).expect("decodes");
+    }
+    registry
 }
 
 fn encode(c: &mut Criterion) {
@@ -51,47 +88,6 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-use sonde::probes::syscalls::{Event, EventHead};
-
-fn new_event(comm: &[u8], duration_ns: u64, nr: u32) -> Event {
-    let mut event = Event { head: EventHead { duration_ns, nr, ..Default::default() }, ..Default::default() };
-    for (dst, src) in event.comm.iter_mut().zip(comm) {
-        *dst = *src as i8;
-    }
-    event
-}
-
-/// The record the probe sends: the head alone unless the comm label is on.
-fn bytes(event: &Event, with_comm: bool) -> &[u8] {
-    // SAFETY: the generated types are plain data whose padding is spelled
-    // out as fields, so every byte is initialised.
-    unsafe {
-        if with_comm {
-            plain::as_bytes(event)
-        } else {
-            plain::as_bytes(&event.head)
-        }
-    }
-}
-
-/// The syscalls probe's sink on a fresh registry, as the agent builds it.
-fn syscalls_sink(labels: &str) -> (Metrics, Box<dyn EventSink>) {
-    let config = config(&format!("probes:\n  syscalls:\n    labels: [{labels}]\n"));
-    let metrics = Metrics::new(&config).expect("metrics");
-    let probe = sonde::probes::probe("syscalls").expect("syscalls probe");
-    let mut sink = (probe.sink)(&config.probes[0], &metrics).expect("sink");
-    let nr = syscalls::Sysno::getppid.id() as u32;
-    let getppid = new_event(b"bench", 1500, nr);
-    sink.handle(bytes(&getppid, labels.contains("comm"))).expect("the bench event decodes");
-    let text = metrics.encode().expect("encode");
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("sonde_syscalls_total{") && l.contains("syscall=\"getppid\"") && l.ends_with(" 1")),
-        "the bench event did not land in sonde_syscalls_total{{syscall=\"getppid\"}}:\n{text}"
-    );
-    (metrics, sink)
-}
-
 fn event(c: &mut Criterion) {
     // 32 label sets seen over and over, as a busy host's syscall mix.
     const KEYS: u32 = 32;
@@ -100,19 +96,27 @@ fn event(c: &mut Criterion) {
     group.sample_size(30).measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Elements(BATCH));
     for labels in ["syscall", "syscall, comm"] {
-        let (metrics, mut sink) = syscalls_sink(labels);
-        let received = metrics.agent.events_received.child(&["syscalls".to_string()]);
+        let (registry, mut sink) = syscalls_sink(labels, 10_000);
+        let nr = syscalls::Sysno::getppid.id() as u32;
+        sink.handle(bytes(&new_event(b"bench", 1500, nr))).expect("the bench event decodes");
+        let text = registry.encode().expect("encode");
+        assert!(
+            text.lines().any(|l| l.starts_with("sonde_syscalls_total{")
+                && l.contains("syscall=\"getppid\"")
+                && l.ends_with(" 1")),
+            "the bench event did not land in sonde_syscalls_total{{syscall=\"getppid\"}}:\n{text}"
+        );
+        let received = std::cell::Cell::new(0u64);
         let events: Vec<Event> = (0..BATCH as u32)
             .map(|i| new_event(format!("worker-0{}", i % 4).as_bytes(), 200 + u64::from(i % 5000) * 37, i % KEYS))
             .collect();
         let id = labels.replace(", ", "+");
-        let with_comm = labels.contains("comm");
         group.bench_function(BenchmarkId::from_parameter(id), |b| {
             b.iter(|| {
                 for e in &events {
-                    // what the ring buffer callback in events.rs does per record
-                    received.add(1);
-                    black_box(sink.handle(bytes(e, with_comm))).expect("decodes");
+                    // what the ring buffer callback in ring.rs does per record
+                    received.set(received.get() + 1);
+                    black_box(sink.handle(bytes(e))).expect("decodes");
                 }
             })
         });

@@ -11,7 +11,19 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::scrape::Scraper;
+/// What the HTTP endpoint serves; implemented by the agent.
+pub trait Endpoints: Send + Sync + 'static {
+    /// The Prometheus text exposition. Blocking: called on a blocking thread.
+    fn metrics(&self) -> Result<String, String>;
+    /// Whether /healthz answers 200 (else 503).
+    fn ready(&self) -> bool;
+    /// Re-reads the config. Blocking.
+    fn reload(&self) -> Result<String, String>;
+}
+
+/// Limits of the endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {}
 
 const INDEX: &str = "<!doctype html>\n<html><head><title>sonde</title></head><body>\n\
 <h1>sonde</h1><p>eBPF probes exported as Prometheus metrics.</p>\n\
@@ -19,7 +31,12 @@ const INDEX: &str = "<!doctype html>\n<html><head><title>sonde</title></head><bo
 </body></html>\n";
 
 /// Serves until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, scraper: Arc<Scraper>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    scraper: Arc<dyn Endpoints>,
+    _limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -54,14 +71,22 @@ pub async fn serve(listener: TcpListener, scraper: Arc<Scraper>, mut shutdown: w
     }
 }
 
-async fn route(req: &Request<Incoming>, scraper: &Arc<Scraper>) -> Response<Full<Bytes>> {
+async fn route(req: &Request<Incoming>, scraper: &Arc<dyn Endpoints>) -> Response<Full<Bytes>> {
+    if req.method() == Method::POST && req.uri().path() == "/-/reload" {
+        let scraper = scraper.clone();
+        return match tokio::task::spawn_blocking(move || scraper.reload()).await {
+            Ok(Ok(m)) => text(StatusCode::OK, &format!("{m}\n")),
+            Ok(Err(m)) => text(StatusCode::BAD_REQUEST, &format!("{m}\n")),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match req.uri().path() {
         "/metrics" => {
             let scraper = scraper.clone();
-            match tokio::task::spawn_blocking(move || scraper.render()).await {
+            match tokio::task::spawn_blocking(move || scraper.metrics()).await {
                 Ok(Ok(body)) => Response::builder()
                     .header(CONTENT_TYPE, prometheus::TEXT_FORMAT)
                     .body(Full::new(Bytes::from(body)))
@@ -71,7 +96,7 @@ async fn route(req: &Request<Incoming>, scraper: &Arc<Scraper>) -> Response<Full
             }
         }
         "/healthz" => {
-            if scraper.is_ready() {
+            if scraper.ready() {
                 text(StatusCode::OK, "ok\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting: probes are still being attached\n")

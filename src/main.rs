@@ -6,8 +6,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use sonde::config::{self, Config, ConfigError, ProbeConfig};
-use sonde::{agent, loader, probes, system};
+use sonde::agent::{self, signals, Origin};
+use sonde::config::{self, Config, ConfigError};
+use sonde::spec::{MetricKind, ProbeSettings};
+use sonde::{loader, probes, system};
+
+/// Blocks the signals the agent handles before `main` runs, and before any
+/// thread exists: a SIGTERM in the first milliseconds waits for the agent
+/// to take it (see `agent::signals`) instead of killing it.
+#[used]
+#[link_section = ".init_array"]
+static BLOCK_SIGNALS_EARLY: extern "C" fn() = {
+    extern "C" fn block() {
+        signals::block();
+    }
+    block
+};
 
 /// Exit status for bad input (config, usage), as clap uses for usage errors.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -67,6 +81,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
+    if !matches!(cli.command, None | Some(Command::Run(_))) {
+        signals::unblock();
+    }
     let result = match cli.command {
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
@@ -99,27 +116,20 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
-    match path {
-        Some(path) => Config::load(path),
-        None => Config::embedded_default(),
-    }
+    agent::load_config(path)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut config = load_config(args.config.as_ref())?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    config.strict |= args.strict;
-    config.bpf_stats |= args.bpf_stats;
-    agent::run(config)?;
+    let config = load_config(args.config.as_ref())?;
+    let origin = Origin { path: args.config, listen: args.listen, strict: args.strict, bpf_stats: args.bpf_stats };
+    agent::run(config, origin)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn check(path: Option<PathBuf>, attach: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(path.as_ref())?;
     let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| config::DEFAULT_CONFIG_NAME.into());
-    let names: Vec<&str> = config.probes.iter().map(|p| p.spec.name).collect();
+    let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
     println!("{origin}: ok ({} probe(s): {})", names.len(), names.join(", "));
     if attach && !agent::check_attach(&config)? {
         return Ok(ExitCode::FAILURE);
@@ -132,30 +142,30 @@ fn list_probes() -> anyhow::Result<ExitCode> {
     if can_test {
         loader::verifier_log::install();
     }
-    let defaults = Config::embedded_default()?;
-    let ctx = agent::load_context(&defaults);
-    for probe in probes::PROBES {
-        let spec = probe.spec;
+    let defaults = load_config(None)?;
+    let ctx = loader::LoadContext::new(defaults.ring_buffer.clone());
+    let registry = probes::Registry::builtin();
+    for spec in registry.specs() {
         println!("{}: {}", spec.name, spec.summary);
-        for hook in spec.hooks {
-            let targets: Vec<&str> = hook.programs.iter().map(|(_, target)| *target).collect();
+        for hook in &spec.hooks {
+            let targets: Vec<&str> = hook.programs.iter().map(|p| p.target.as_str()).collect();
             println!("  hook     {:<15} {}", hook.kind.name(), targets.join(", "));
         }
-        for metric in spec.metrics {
+        for metric in &spec.metrics {
             let kind = match metric.kind {
-                probes::MetricKind::Counter => "counter",
-                probes::MetricKind::Histogram => "histogram",
+                MetricKind::Counter => "counter",
+                MetricKind::Histogram => "histogram",
             };
             println!("  metric   {}_{} ({kind})", defaults.metric_prefix, metric.name);
         }
         let labels: Vec<String> = spec
             .labels
             .iter()
-            .map(|l| if spec.default_labels.contains(l) { format!("{l}*") } else { l.to_string() })
+            .map(|l| if spec.default_labels.contains(&l.name) { format!("{}*", l.name) } else { l.name.clone() })
             .collect();
         println!("  labels   {} (* = on by default)", labels.join(", "));
         let support = if can_test {
-            match agent::load_one(&ProbeConfig::defaults(spec), &ctx) {
+            match agent::load_one(&registry, &ProbeSettings::defaults(spec.clone()), &ctx) {
                 agent::Outcome::Attached(loaded) => format!("supported, via {}", loaded.hook.name()),
                 agent::Outcome::Failed(failure) => format!("unsupported: {failure}"),
             }

@@ -1,27 +1,28 @@
-//! What a scrape reads besides the registry: counters that live in the
+//! What a scrape reads besides the series: counters that live in the
 //! kernel (ring buffer drops, program run statistics), brought up to date
-//! just before encoding.
+//! just before encoding; and the agent's side of the HTTP endpoint.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use libbpf_rs::MapHandle;
 
+use crate::agent::Control;
 use crate::bpf_stats;
 use crate::loader::{read_percpu_counter, LoadedProgram};
-use crate::metrics::Metrics;
+use crate::metrics::Registry;
 
 /// One running probe's kernel-side counters.
 pub struct KernelCounters {
-    pub probe: &'static str,
     pub lost: MapHandle,
     pub programs: Vec<LoadedProgram>,
 }
 
 pub struct Scraper {
-    metrics: Arc<Metrics>,
-    probes: Mutex<Vec<(KernelCounters, Seen)>>,
+    metrics: Arc<Registry>,
+    probes: Mutex<BTreeMap<String, (KernelCounters, Seen)>>,
     ready: AtomicBool,
     bpf_stats: bool,
 }
@@ -33,14 +34,23 @@ struct Seen {
 }
 
 impl Scraper {
-    pub fn new(metrics: Arc<Metrics>, bpf_stats: bool) -> Self {
-        Self { metrics, probes: Mutex::new(Vec::new()), ready: AtomicBool::new(false), bpf_stats }
+    pub fn new(metrics: Arc<Registry>, bpf_stats: bool) -> Self {
+        Self { metrics, probes: Mutex::new(BTreeMap::new()), ready: AtomicBool::new(false), bpf_stats }
     }
 
-    pub fn add(&self, counters: KernelCounters) {
-        if let Ok(mut probes) = self.probes.lock() {
-            probes.push((counters, Seen::default()));
-        }
+    pub fn add(&self, probe: &str, counters: KernelCounters) {
+        self.lock().insert(probe.to_string(), (counters, Seen::default()));
+    }
+
+    /// Stops reading a removed probe's counters, after one last read so
+    /// that nothing it lost goes uncounted.
+    pub fn remove(&self, probe: &str) {
+        self.refresh();
+        self.lock().remove(probe);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (KernelCounters, Seen)>> {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn set_ready(&self) {
@@ -59,17 +69,15 @@ impl Scraper {
 
     /// Kernel counters only grow; the exported counters take the delta.
     pub fn refresh(&self) {
-        let Ok(mut probes) = self.probes.lock() else { return };
+        let mut probes = self.lock();
         let agent = &self.metrics.agent;
-        for (counters, seen) in probes.iter_mut() {
+        for (probe, (counters, seen)) in probes.iter_mut() {
             match read_percpu_counter(&counters.lost) {
                 Ok(lost) => {
-                    agent.events_lost.with_label_values(&[counters.probe]).inc_by(lost.saturating_sub(seen.lost));
+                    agent.events_lost.with_label_values(&[probe]).inc_by(lost.saturating_sub(seen.lost));
                     seen.lost = seen.lost.max(lost);
                 }
-                Err(err) => {
-                    tracing::warn!(probe = counters.probe, error = %err, "reading the lost-events counter failed")
-                }
+                Err(err) => tracing::warn!(probe, error = %err, "reading the lost-events counter failed"),
             }
             if !self.bpf_stats {
                 continue;
@@ -77,12 +85,43 @@ impl Scraper {
             for prog in &counters.programs {
                 let Ok(now) = bpf_stats::prog_stats(&prog.fd) else { continue };
                 let before = seen.runs.entry(prog.name.clone()).or_default();
-                let labels = [counters.probe, prog.name.as_str()];
+                let labels = [probe.as_str(), prog.name.as_str()];
                 agent.prog_run_count.with_label_values(&labels).inc_by(now.run_count.saturating_sub(before.run_count));
                 let ns = now.run_time_ns.saturating_sub(before.run_time_ns);
                 agent.prog_run_seconds.with_label_values(&labels).inc_by(ns as f64 * 1e-9);
                 *before = now;
             }
+        }
+    }
+}
+
+/// The agent as the HTTP endpoint sees it.
+pub struct Endpoints {
+    pub scraper: Arc<Scraper>,
+    pub control: Mutex<mpsc::Sender<Control>>,
+}
+
+/// A reload that takes longer than this is reported as such (it goes on).
+const RELOAD_WAIT: Duration = Duration::from_secs(60);
+
+impl crate::http::Endpoints for Endpoints {
+    fn metrics(&self) -> Result<String, String> {
+        self.scraper.render().map_err(|e| format!("encoding metrics failed: {e}"))
+    }
+
+    fn ready(&self) -> bool {
+        self.scraper.is_ready()
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        let (tx, rx) = mpsc::channel();
+        let sent = self.control.lock().unwrap_or_else(|e| e.into_inner()).send(Control::Reload { reply: Some(tx) });
+        if sent.is_err() {
+            return Err("the agent is shutting down".into());
+        }
+        match rx.recv_timeout(RELOAD_WAIT) {
+            Ok(result) => result,
+            Err(_) => Err("the reload did not finish in time; see the agent's log".into()),
         }
     }
 }

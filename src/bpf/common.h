@@ -1,5 +1,6 @@
-/* Shared by every sonde probe: config-driven filters, the event ring buffer
- * and the kernel-side count of events the ring had no room for. */
+/* Shared by every sonde probe: config-driven filters, the event ring buffer,
+ * the kernel-side count of events the ring had no room for, and the header
+ * every record starts with. */
 #pragma once
 
 #include "vmlinux.h"
@@ -21,6 +22,19 @@ const volatile char filter_comms[MAX_COMM_FILTERS][TASK_COMM_LEN] = {};
  * under load). The reader also drains the rings on a timer, so nothing
  * waits longer than one poll interval. */
 const volatile __u64 wakeup_bytes = 0;
+/* Whether records carry the task's comm: reading it costs on every event,
+ * and only the comm label and comm filters need it. */
+const volatile bool want_comm = false;
+
+/* The start of every record: who produced it. User space keys series on
+ * these (comm, pid) and resolves the cgroup id to cgroup, container and pod
+ * labels. */
+struct event_header {
+	__u64 cgroup_id;
+	__u32 tgid;
+	__u32 reserved;
+	char comm[TASK_COMM_LEN]; /* zero unless want_comm */
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -46,23 +60,30 @@ static __always_inline bool comm_equal(const char *a, const volatile char *b)
 	return true;
 }
 
-/* Whether the current task passes the configured filters; fills comm. */
-static __always_inline bool task_wanted(char comm[TASK_COMM_LEN])
+static __always_inline bool comm_wanted(const char comm[TASK_COMM_LEN])
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-
-	if (ignore_tgid && tgid == ignore_tgid)
-		return false;
-	if (filter_tgid && tgid != filter_tgid)
-		return false;
-	bpf_get_current_comm(comm, TASK_COMM_LEN);
-	if (!filter_comm_count)
-		return true;
 	for (__u32 i = 0; i < MAX_COMM_FILTERS && i < filter_comm_count; i++) {
 		if (comm_equal(comm, filter_comms[i]))
 			return true;
 	}
 	return false;
+}
+
+/* Whether the current task passes the configured filters, for hooks that
+ * decide before an event is started (e.g. at a syscall's entry). */
+static __always_inline bool task_wanted(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	char comm[TASK_COMM_LEN];
+
+	if (ignore_tgid && tgid == ignore_tgid)
+		return false;
+	if (filter_tgid && tgid != filter_tgid)
+		return false;
+	if (!filter_comm_count)
+		return true;
+	bpf_get_current_comm(comm, TASK_COMM_LEN);
+	return comm_wanted(comm);
 }
 
 /* Cheaper variant for hooks that only need the pid filters. */
@@ -112,5 +133,35 @@ static __always_inline void event_submit(void *e, __u64 record_bytes)
 	bpf_ringbuf_submit(e, flags);
 }
 
-#define reserve_event(type) ((type *)event_reserve(sizeof(type)))
+/* Filter the current task, reserve a record of `size` bytes and fill its
+ * header: the one way every probe starts an event. NULL when the task is
+ * filtered out or the ring is full (counted in `lost`). */
+static __always_inline void *event_start(__u64 size)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	char comm[TASK_COMM_LEN] = {};
+	struct event_header *h;
+
+	if (ignore_tgid && tgid == ignore_tgid)
+		return NULL;
+	if (filter_tgid && tgid != filter_tgid)
+		return NULL;
+	if (want_comm || filter_comm_count) {
+		bpf_get_current_comm(comm, TASK_COMM_LEN);
+		if (filter_comm_count && !comm_wanted(comm))
+			return NULL;
+	}
+	h = event_reserve(size);
+	if (!h)
+		return NULL;
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	h->tgid = tgid;
+	h->reserved = 0;
+	__builtin_memcpy(h->comm, comm, TASK_COMM_LEN);
+	return h;
+}
+
+/* A record type must start with `struct event_header hdr`. */
+#define start_event(type) ((type *)event_start(sizeof(type)))
 #define submit_event(e) event_submit((e), RECORD_BYTES(sizeof(*(e))))

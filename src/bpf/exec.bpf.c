@@ -3,25 +3,19 @@
 #include "common.h"
 
 struct event {
-	char comm[TASK_COMM_LEN];
+	struct event_header hdr;
 };
 
 /* Makes the skeleton carry `struct event` for user space. */
 const volatile struct event event_type = {};
 
 SEC("tracepoint/sched/sched_process_exec")
-int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
+int handle_exec(void *ctx)
 {
-	char comm[TASK_COMM_LEN];
-	struct event *e;
+	struct event *e = start_event(struct event);
 
-	if (!task_wanted(comm))
-		return 0;
-	e = reserve_event(struct event);
-	if (!e)
-		return 0;
-	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
-	submit_event(e);
+	if (e)
+		submit_event(e);
 	return 0;
 }
 

@@ -3,30 +3,58 @@
 #include "common.h"
 
 struct event {
-	char comm[TASK_COMM_LEN];
+	struct event_header hdr;
 	/* wait(2) status: exit code in bits 8-15, fatal signal in bits 0-6 */
 	__u32 exit_code;
 };
 
 const volatile struct event event_type = {};
 
+/* Process exits already reported, for kernels whose tracepoint does not say
+ * which thread ends the group: keyed by tgid and the group leader's start
+ * time, which no later process shares. */
+struct exit_key {
+	__u64 leader_start_ns;
+	__u32 tgid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct exit_key);
+	__type(value, __u8);
+} reported SEC(".maps");
+
+/* Whether this thread's exit is its process's exit, exactly once. */
+static __always_inline bool group_exit(struct trace_event_raw_sched_process_exit *ctx, struct task_struct *task)
+{
+	struct exit_key key = {};
+	__u8 one = 1;
+
+	/* Since 6.16 the tracepoint says whether this thread ended the group. */
+	if (bpf_core_field_exists(ctx->group_dead))
+		return ctx->group_dead;
+	/* Before that, signal->live reaches zero when the last thread starts
+	 * exiting; but threads dying together can all see zero by the time
+	 * they reach the tracepoint, so the first to claim the process wins. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return false;
+	key.tgid = BPF_CORE_READ(task, tgid);
+	key.leader_start_ns = BPF_CORE_READ(task, group_leader, start_time);
+	return bpf_map_update_elem(&reported, &key, &one, BPF_NOEXIST) == 0;
+}
+
 SEC("tracepoint/sched/sched_process_exit")
-int handle_exit(void *ctx)
+int handle_exit(struct trace_event_raw_sched_process_exit *ctx)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	char comm[TASK_COMM_LEN];
 	struct event *e;
 
-	/* signal->live drops to zero on the group's last thread, before this
-	 * tracepoint fires; earlier threads are not process exits. */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	if (!group_exit(ctx, task))
 		return 0;
-	if (!task_wanted(comm))
-		return 0;
-	e = reserve_event(struct event);
+	e = start_event(struct event);
 	if (!e)
 		return 0;
-	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
 	e->exit_code = BPF_CORE_READ(task, exit_code);
 	submit_event(e);
 	return 0;

@@ -4,7 +4,7 @@
 #include "common.h"
 
 struct event {
-	char comm[TASK_COMM_LEN];
+	struct event_header hdr;
 	__u64 duration_ns;
 	__s32 ret; /* fd, or -errno */
 };
@@ -22,11 +22,10 @@ struct {
 SEC("tracepoint/syscalls/sys_enter_openat")
 int handle_openat_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	char comm[TASK_COMM_LEN];
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u64 ts;
 
-	if (!task_wanted(comm))
+	if (!task_wanted())
 		return 0;
 	ts = bpf_ktime_get_ns();
 	bpf_map_update_elem(&start, &tid, &ts, BPF_ANY);
@@ -43,9 +42,8 @@ int handle_openat_exit(struct trace_event_raw_sys_exit *ctx)
 	ts = bpf_map_lookup_elem(&start, &tid);
 	if (!ts)
 		return 0;
-	e = reserve_event(struct event);
+	e = start_event(struct event);
 	if (e) {
-		bpf_get_current_comm(e->comm, TASK_COMM_LEN);
 		e->duration_ns = bpf_ktime_get_ns() - *ts;
 		e->ret = (__s32)ctx->ret;
 		submit_event(e);

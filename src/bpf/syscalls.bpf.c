@@ -3,21 +3,13 @@
  * paired through task-local storage on the BTF raw tracepoints. */
 #include "common.h"
 
-/* Without the comm label a record is only this head: 24 bytes in the ring
- * instead of 40, less for the reader's CPU to pull from the producer's. */
-struct event_head {
+struct event {
+	struct event_header hdr;
 	__u64 duration_ns;
 	__u32 nr;
 };
 
-struct event {
-	struct event_head head;
-	char comm[TASK_COMM_LEN];
-};
-
 const volatile struct event event_type = {};
-/* Whether events carry the comm: reading it costs on every syscall. */
-const volatile bool want_comm = false;
 
 struct entry {
 	__u64 ts; /* 0: no syscall in flight */
@@ -36,10 +28,9 @@ struct {
 SEC("tp_btf/sys_enter")
 int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 {
-	char comm[TASK_COMM_LEN];
 	struct entry *entry;
 
-	if (filter_comm_count ? !task_wanted(comm) : !tgid_wanted())
+	if (!task_wanted())
 		return 0;
 	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!entry)
@@ -61,23 +52,12 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
 	if (!entry || !entry->ts)
 		return 0;
-	if (want_comm) {
-		struct event *e = reserve_event(struct event);
+	struct event *e = start_event(struct event);
 
-		if (e) {
-			bpf_get_current_comm(e->comm, TASK_COMM_LEN);
-			e->head.duration_ns = bpf_ktime_get_ns() - entry->ts;
-			e->head.nr = entry->nr;
-			submit_event(e);
-		}
-	} else {
-		struct event_head *h = reserve_event(struct event_head);
-
-		if (h) {
-			h->duration_ns = bpf_ktime_get_ns() - entry->ts;
-			h->nr = entry->nr;
-			submit_event(h);
-		}
+	if (e) {
+		e->duration_ns = bpf_ktime_get_ns() - entry->ts;
+		e->nr = entry->nr;
+		submit_event(e);
 	}
 	entry->ts = 0;
 	return 0;

@@ -10,7 +10,7 @@ enum vfs_op {
 };
 
 struct event {
-	char comm[TASK_COMM_LEN];
+	struct event_header hdr;
 	__s64 ret; /* bytes moved, or -errno */
 	__u32 op;  /* enum vfs_op */
 };
@@ -20,15 +20,10 @@ const volatile enum vfs_op op_type = VFS_OP_READ;
 
 static __always_inline int emit(enum vfs_op op, long ret)
 {
-	char comm[TASK_COMM_LEN];
-	struct event *e;
+	struct event *e = start_event(struct event);
 
-	if (!task_wanted(comm))
-		return 0;
-	e = reserve_event(struct event);
 	if (!e)
 		return 0;
-	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
 	e->ret = ret;
 	e->op = op;
 	submit_event(e);

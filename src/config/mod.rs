@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -16,7 +17,7 @@ use serde::Deserialize;
 pub use probes::MAX_COMM_FILTERS;
 use scalar::{int_in, is_metric_name, scalar, OneOf, Scalar};
 
-use crate::probes::{HookKind, ProbeSpec};
+use crate::spec::{Catalog, ProbeSettings};
 
 /// The configuration used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
@@ -26,6 +27,8 @@ pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
 pub const DEFAULT_METRIC_PREFIX: &str = "sonde";
 pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
+/// Series not updated for this long are removed.
+pub const DEFAULT_SERIES_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,25 +54,45 @@ pub struct Config {
     pub ring_buffer: RingBufferConfig,
     /// Label sets per metric before new ones fold into `overflow`.
     pub series_limit: usize,
+    /// Label sets not updated for this long are removed; None keeps them.
+    pub series_ttl: Option<Duration>,
     /// Turn on the kernel's BPF run-time statistics while the agent runs.
     pub bpf_stats: bool,
     /// Any probe failing to load or attach is fatal.
     pub strict: bool,
-    pub probes: Vec<ProbeConfig>,
+    pub probes: Vec<ProbeSettings>,
 }
 
-const CONFIG_KEYS: &[&str] =
-    &["listen", "metric_prefix", "const_labels", "ring_buffer", "series_limit", "bpf_stats", "strict", "probes"];
+const CONFIG_KEYS: &[&str] = &[
+    "listen",
+    "metric_prefix",
+    "const_labels",
+    "ring_buffer",
+    "series_limit",
+    "series_ttl",
+    "bpf_stats",
+    "strict",
+    "probes",
+];
 
-impl<'de> Deserialize<'de> for Config {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Config, D::Error> {
-        d.deserialize_map(ConfigVisitor)
+/// Reads a config against the probes in `catalog`.
+struct ConfigSeed<'c> {
+    catalog: &'c Catalog,
+}
+
+impl<'de> DeserializeSeed<'de> for ConfigSeed<'_> {
+    type Value = Config;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Config, D::Error> {
+        d.deserialize_map(ConfigVisitor { catalog: self.catalog })
     }
 }
 
-struct ConfigVisitor;
+struct ConfigVisitor<'c> {
+    catalog: &'c Catalog,
+}
 
-impl<'de> Visitor<'de> for ConfigVisitor {
+impl<'de> Visitor<'de> for ConfigVisitor<'_> {
     type Value = Config;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -83,6 +106,7 @@ impl<'de> Visitor<'de> for ConfigVisitor {
             const_labels: BTreeMap::new(),
             ring_buffer: RingBufferConfig::default(),
             series_limit: DEFAULT_SERIES_LIMIT,
+            series_ttl: Some(DEFAULT_SERIES_TTL),
             bpf_stats: false,
             strict: false,
             probes: Vec::new(),
@@ -90,12 +114,12 @@ impl<'de> Visitor<'de> for ConfigVisitor {
         let mut seen = BTreeSet::new();
         while let Some(key) = map.next_key_seed(OneOf { keys: CONFIG_KEYS, what: "top-level", seen: &seen })? {
             seen.insert(key);
-            map.next_value_seed(ConfigValue { key, config: &mut config })?;
+            map.next_value_seed(ConfigValue { key, config: &mut config, catalog: self.catalog })?;
         }
         if !seen.contains("probes") {
             return Err(de::Error::custom(format!(
                 "no probes configured: the `probes` key is missing; known probes: {}",
-                crate::probes::names().join(", ")
+                self.catalog.names().join(", ")
             )));
         }
         Ok(config)
@@ -106,6 +130,7 @@ impl<'de> Visitor<'de> for ConfigVisitor {
 struct ConfigValue<'a> {
     key: &'static str,
     config: &'a mut Config,
+    catalog: &'a Catalog,
 }
 
 impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
@@ -116,19 +141,20 @@ impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
         match self.key {
             "listen" => config.listen = listen_addr(d)?,
             "metric_prefix" => config.metric_prefix = metric_prefix(d)?,
-            "const_labels" => config.const_labels = const_labels(d)?,
+            "const_labels" => config.const_labels = d.deserialize_any(ConstLabels { catalog: self.catalog })?,
             "ring_buffer" => config.ring_buffer = RingBufferConfig::deserialize(d)?,
             "series_limit" => config.series_limit = series_limit(d)?,
+            "series_ttl" => config.series_ttl = series_ttl(d)?,
             "bpf_stats" => config.bpf_stats = bool::deserialize(d)?,
             "strict" => config.strict = bool::deserialize(d)?,
-            "probes" => config.probes = probes::deserialize(d)?,
+            "probes" => config.probes = probes::deserialize(d, self.catalog)?,
             _ => unreachable!("OneOf only yields CONFIG_KEYS"),
         }
         Ok(())
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingBufferConfig {
     /// Bytes of every probe's ring (a power of two, at least one page), or
     /// None to size each probe's ring from the CPU count and its rate.
@@ -274,82 +300,22 @@ impl<'de> DeserializeSeed<'de> for PollInterval {
     }
 }
 
-/// One configured probe.
-#[derive(Debug, Clone)]
-pub struct ProbeConfig {
-    pub spec: &'static ProbeSpec,
-    /// The labels its metrics carry, a subset of `spec.labels`.
-    pub labels: Vec<&'static str>,
-    pub filter: Filter,
-    pub buckets: Buckets,
-    pub hook: HookChoice,
-}
-
-impl ProbeConfig {
-    pub fn defaults(spec: &'static ProbeSpec) -> Self {
-        Self {
-            spec,
-            labels: spec.default_labels.to_vec(),
-            filter: Filter::default(),
-            buckets: Buckets::Exp2,
-            hook: HookChoice::Auto,
-        }
-    }
-
-    pub fn has_label(&self, label: &str) -> bool {
-        self.labels.contains(&label)
-    }
-}
-
-/// Applied in the kernel: events from other processes are never produced.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Process names (comm) to keep; empty keeps all.
-    pub comm: Vec<String>,
-    /// Thread group (process) id to keep.
-    pub pid: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Buckets {
-    /// Powers of two from 1 µs to ~8.4 s.
-    Exp2,
-    /// Upper bounds in seconds.
-    Explicit(Vec<f64>),
-}
-
-impl Buckets {
-    pub fn bounds(&self) -> Vec<f64> {
-        match self {
-            Buckets::Exp2 => (0..24).map(|i| 1e-6 * f64::from(1u32 << i)).collect(),
-            Buckets::Explicit(b) => b.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookChoice {
-    /// The first of the probe's hooks that loads and attaches.
-    Auto,
-    Only(HookKind),
-}
-
 impl Config {
     /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path, catalog: &Catalog) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string(), catalog)
     }
 
     /// The embedded default config.
-    pub fn embedded_default() -> Result<Config, ConfigError> {
-        Self::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+    pub fn embedded_default(catalog: &Catalog) -> Result<Config, ConfigError> {
+        Self::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, catalog)
     }
 
     /// Parses and validates `text`; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        serde_yaml::from_str(text).map_err(|err| locate(err, origin))
+    pub fn parse(text: &str, origin: &str, catalog: &Catalog) -> Result<Config, ConfigError> {
+        ConfigSeed { catalog }.deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|err| locate(err, origin))
     }
 }
 
@@ -393,13 +359,30 @@ fn series_limit<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     int_in(d, 1, 10_000_000).map(|n| n as usize)
 }
 
-fn const_labels<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    d.deserialize_any(ConstLabels)
+/// `0` keeps series forever; otherwise a duration such as `90s` or `1h`.
+fn series_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    scalar(d, "a duration such as 30m or 1h, or 0 for never", |v| match v {
+        Scalar::Int(0) => Ok(None),
+        Scalar::Str(s) => match scalar::duration(s) {
+            Some(ttl) if ttl.is_zero() => Ok(None),
+            Some(ttl) if ttl < MIN_SERIES_TTL => {
+                Err(format!("series_ttl {s} is too short: at least {}ms", MIN_SERIES_TTL.as_millis()))
+            }
+            Some(ttl) => Ok(Some(ttl)),
+            None => Err(format!("invalid duration `{s}`: expected a number and a unit (ms, s, m, h, d), e.g. 1h")),
+        },
+        other => Err(format!("expected a duration such as 1h, or 0 for never, found {other}")),
+    })
 }
 
-struct ConstLabels;
+/// Shorter would make series flicker between scrapes.
+pub const MIN_SERIES_TTL: Duration = Duration::from_millis(100);
 
-impl<'de> Visitor<'de> for ConstLabels {
+struct ConstLabels<'c> {
+    catalog: &'c Catalog,
+}
+
+impl<'de> Visitor<'de> for ConstLabels<'_> {
     type Value = BTreeMap<String, String>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -412,7 +395,7 @@ impl<'de> Visitor<'de> for ConstLabels {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = BTreeMap::new();
-        while let Some(name) = map.next_key_seed(ConstLabelName { seen: &out })? {
+        while let Some(name) = map.next_key_seed(ConstLabelName { seen: &out, catalog: self.catalog })? {
             let value = map.next_value_seed(LabelValue)?;
             out.insert(name, value);
         }
@@ -422,6 +405,7 @@ impl<'de> Visitor<'de> for ConstLabels {
 
 struct ConstLabelName<'a> {
     seen: &'a BTreeMap<String, String>,
+    catalog: &'a Catalog,
 }
 
 impl<'de> DeserializeSeed<'de> for ConstLabelName<'_> {
@@ -437,7 +421,7 @@ impl<'de> DeserializeSeed<'de> for ConstLabelName<'_> {
                     "invalid label name `{name}`: expected [a-zA-Z_][a-zA-Z0-9_]*, not starting with __"
                 ));
             }
-            if crate::probes::reserved_label(name) {
+            if crate::metrics::SELF_LABELS.contains(&name) || self.catalog.has_label(name) {
                 return Err(format!("label `{name}` is set by sonde itself and cannot be a constant label"));
             }
             if self.seen.contains_key(name) {

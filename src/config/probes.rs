@@ -3,106 +3,111 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::scalar::{int_in, scalar, OneOf, Scalar};
-use super::{Buckets, Filter, HookChoice, ProbeConfig};
-use crate::probes::{self, HookKind, ProbeSpec};
+use crate::spec::{Buckets, Catalog, Filter, HookChoice, HookKind, ProbeSettings, ProbeSpec};
 
 /// Longest comm the kernel stores, without its NUL.
 const COMM_MAX: usize = 15;
 /// Comm filters the BPF side has room for (`MAX_COMM_FILTERS` in common.h).
 pub const MAX_COMM_FILTERS: usize = 8;
 
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ProbeConfig>, D::Error> {
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D, catalog: &Catalog) -> Result<Vec<ProbeSettings>, D::Error> {
     // `any`, not `map`: given `map`, serde_yaml reports `probes: ~` as a type
     // error instead of calling visit_unit.
-    d.deserialize_any(ProbesVisitor)
+    d.deserialize_any(ProbesVisitor { catalog })
 }
 
 /// An agent without probes would serve nothing but its own metrics; that is
 /// a mistake in the config, not a way to run.
-fn no_probes() -> String {
-    format!("no probes configured; enable at least one of: {}", probes::names().join(", "))
+fn no_probes(catalog: &Catalog) -> String {
+    format!("no probes configured; enable at least one of: {}", catalog.names().join(", "))
 }
 
-struct ProbesVisitor;
+struct ProbesVisitor<'c> {
+    catalog: &'c Catalog,
+}
 
-impl<'de> Visitor<'de> for ProbesVisitor {
-    type Value = Vec<ProbeConfig>;
+impl<'de> Visitor<'de> for ProbesVisitor<'_> {
+    type Value = Vec<ProbeSettings>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a mapping from probe name to its settings")
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Err(E::custom(no_probes()))
+        Err(E::custom(no_probes(self.catalog)))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out: Vec<ProbeConfig> = Vec::new();
-        while let Some(spec) = map.next_key_seed(ProbeName { seen: &out })? {
+        let mut out: Vec<ProbeSettings> = Vec::new();
+        while let Some(spec) = map.next_key_seed(ProbeName { seen: &out, catalog: self.catalog })? {
             let config = map.next_value_seed(Settings { spec })?;
             out.push(config);
         }
         if out.is_empty() {
-            return Err(de::Error::custom(no_probes()));
+            return Err(de::Error::custom(no_probes(self.catalog)));
         }
         Ok(out)
     }
 }
 
-/// A probe name: known to the registry and not configured twice.
+/// A probe name: known to the catalog and not configured twice.
 struct ProbeName<'a> {
-    seen: &'a [ProbeConfig],
+    seen: &'a [ProbeSettings],
+    catalog: &'a Catalog,
 }
 
 impl<'de> DeserializeSeed<'de> for ProbeName<'_> {
-    type Value = &'static ProbeSpec;
+    type Value = Arc<ProbeSpec>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         scalar(d, "a probe name", |v| {
             let Scalar::Str(name) = v else {
                 return Err(format!("expected a probe name, found {v}"));
             };
-            let spec = probes::find(name)
-                .ok_or_else(|| format!("unknown probe `{name}`; known probes: {}", probes::names().join(", ")))?;
-            if self.seen.iter().any(|c| c.spec.name == name) {
+            let spec = self
+                .catalog
+                .find(name)
+                .ok_or_else(|| format!("unknown probe `{name}`; known probes: {}", self.catalog.names().join(", ")))?;
+            if self.seen.iter().any(|c| c.name() == name) {
                 return Err(format!("probe `{name}` is configured twice"));
             }
-            Ok(spec)
+            Ok(spec.clone())
         })
     }
 }
 
 struct Settings {
-    spec: &'static ProbeSpec,
+    spec: Arc<ProbeSpec>,
 }
 
 impl<'de> DeserializeSeed<'de> for Settings {
-    type Value = ProbeConfig;
+    type Value = ProbeSettings;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ProbeConfig, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ProbeSettings, D::Error> {
         // `any`, so that `exec: ~` means defaults as `exec:` does (see above).
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Settings {
-    type Value = ProbeConfig;
+    type Value = ProbeSettings;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "settings for probe `{}` (a mapping, or empty)", self.spec.name)
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<ProbeConfig, E> {
-        Ok(ProbeConfig::defaults(self.spec))
+    fn visit_unit<E: de::Error>(self) -> Result<ProbeSettings, E> {
+        Ok(ProbeSettings::defaults(self.spec))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProbeConfig, A::Error> {
-        let spec = self.spec;
-        let mut config = ProbeConfig::defaults(spec);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProbeSettings, A::Error> {
+        let mut config = ProbeSettings::defaults(self.spec.clone());
+        let spec = &*self.spec;
         let mut seen = BTreeSet::new();
         while let Some(key) = map.next_key_seed(SettingKey { spec, seen: &seen })? {
             seen.insert(key);
@@ -132,7 +137,7 @@ fn settings_keys(spec: &ProbeSpec) -> Vec<&'static str> {
 }
 
 struct SettingKey<'a> {
-    spec: &'static ProbeSpec,
+    spec: &'a ProbeSpec,
     seen: &'a BTreeSet<&'static str>,
 }
 
@@ -156,27 +161,27 @@ impl<'de> DeserializeSeed<'de> for SettingKey<'_> {
     }
 }
 
-struct Labels {
-    spec: &'static ProbeSpec,
+struct Labels<'a> {
+    spec: &'a ProbeSpec,
 }
 
-impl<'de> DeserializeSeed<'de> for Labels {
-    type Value = Vec<&'static str>;
+impl<'de> DeserializeSeed<'de> for Labels<'_> {
+    type Value = Vec<String>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for Labels {
-    type Value = Vec<&'static str>;
+impl<'de> Visitor<'de> for Labels<'_> {
+    type Value = Vec<String>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a list of labels from: {}", self.spec.labels.join(", "))
+        write!(f, "a list of labels from: {}", self.spec.label_names().join(", "))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut labels: Vec<&'static str> = Vec::new();
+        let mut labels: Vec<String> = Vec::new();
         while let Some(label) = seq.next_element_seed(LabelName { spec: self.spec, seen: &labels })? {
             labels.push(label);
         }
@@ -185,29 +190,29 @@ impl<'de> Visitor<'de> for Labels {
 }
 
 struct LabelName<'a> {
-    spec: &'static ProbeSpec,
-    seen: &'a [&'static str],
+    spec: &'a ProbeSpec,
+    seen: &'a [String],
 }
 
 impl<'de> DeserializeSeed<'de> for LabelName<'_> {
-    type Value = &'static str;
+    type Value = String;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
         scalar(d, "a label name", |v| {
             let Scalar::Str(name) = v else {
                 return Err(format!("expected a label name, found {v}"));
             };
-            let label = self.spec.labels.iter().copied().find(|l| *l == name).ok_or_else(|| {
-                format!(
+            if self.spec.label(name).is_none() {
+                return Err(format!(
                     "probe `{}` has no label `{name}`; it can carry: {}",
                     self.spec.name,
-                    self.spec.labels.join(", ")
-                )
-            })?;
-            if self.seen.contains(&label) {
-                return Err(format!("label `{label}` is listed twice"));
+                    self.spec.label_names().join(", ")
+                ));
             }
-            Ok(label)
+            if self.seen.iter().any(|l| l == name) {
+                return Err(format!("label `{name}` is listed twice"));
+            }
+            Ok(name.to_string())
         })
     }
 }
@@ -314,11 +319,11 @@ impl<'de> DeserializeSeed<'de> for Comm {
     }
 }
 
-struct Hook {
-    spec: &'static ProbeSpec,
+struct Hook<'a> {
+    spec: &'a ProbeSpec,
 }
 
-impl<'de> DeserializeSeed<'de> for Hook {
+impl<'de> DeserializeSeed<'de> for Hook<'_> {
     type Value = HookChoice;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<HookChoice, D::Error> {

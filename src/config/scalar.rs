@@ -124,3 +124,24 @@ pub fn is_metric_name(s: &str, allow_colon: bool) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if ok(c, true)) && chars.all(|c| ok(c, false))
 }
+
+/// A duration written as a number and a unit: `500ms`, `30s`, `5m`, `1h`,
+/// `1d` (or `0`). None when it is not one, or too large.
+pub fn duration(s: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms_per_unit).map(Duration::from_millis)
+}

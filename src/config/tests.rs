@@ -1,16 +1,21 @@
 use super::*;
+use crate::spec::{Buckets, Filter, HookChoice, HookKind};
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::parse(text, "test.yaml")
+fn catalog() -> Catalog {
+    crate::probes::Registry::builtin().catalog()
 }
 
-fn probe<'a>(config: &'a Config, name: &str) -> &'a ProbeConfig {
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.yaml", &catalog())
+}
+
+fn probe<'a>(config: &'a Config, name: &str) -> &'a ProbeSettings {
     config.probes.iter().find(|p| p.spec.name == name).unwrap_or_else(|| panic!("probe `{name}` is configured"))
 }
 
 #[test]
 fn embedded_default_enables_every_probe_with_defaults() {
-    let config = Config::embedded_default().expect("the embedded default parses");
+    let config = Config::embedded_default(&catalog()).expect("the embedded default parses");
     assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(config.metric_prefix, "sonde");
     assert!(config.const_labels.is_empty());
@@ -18,8 +23,8 @@ fn embedded_default_enables_every_probe_with_defaults() {
     assert!(!config.bpf_stats && !config.strict);
     let rb = &config.ring_buffer;
     assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (None, None, 100));
-    let names: Vec<&str> = config.probes.iter().map(|p| p.spec.name).collect();
-    assert_eq!(names, crate::probes::names());
+    let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
+    assert_eq!(names, catalog().names());
     for p in &config.probes {
         assert_eq!(p.labels, p.spec.default_labels, "{}", p.spec.name);
         assert_eq!(p.filter, Filter::default(), "{}", p.spec.name);
@@ -30,8 +35,8 @@ fn embedded_default_enables_every_probe_with_defaults() {
 
 #[test]
 fn example_config_parses_to_what_it_documents() {
-    let config =
-        Config::parse(include_str!("../../config.example.yaml"), "config.example.yaml").expect("the example parses");
+    let config = Config::parse(include_str!("../../config.example.yaml"), "config.example.yaml", &catalog())
+        .expect("the example parses");
     assert_eq!(config.listen.to_string(), "0.0.0.0:9477");
     assert_eq!(config.metric_prefix, "sonde");
     let labels: Vec<(&str, &str)> = config.const_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -41,8 +46,8 @@ fn example_config_parses_to_what_it_documents() {
     assert_eq!(config.series_limit, 20_000);
     assert!(!config.bpf_stats && !config.strict);
 
-    let names: Vec<&str> = config.probes.iter().map(|p| p.spec.name).collect();
-    assert_eq!(names, crate::probes::names(), "the example enables every probe");
+    let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
+    assert_eq!(names, catalog().names(), "the example enables every probe");
     assert_eq!(probe(&config, "exec").labels, ["comm"]);
     assert_eq!(probe(&config, "exit").labels, ["comm", "code", "signal"]);
     let file_open = probe(&config, "file_open");
@@ -65,7 +70,7 @@ fn examples_in_the_docs_parse() {
         doc.split("```yaml\n").skip(1).map(|rest| rest.split("```").next().unwrap_or_default()).collect();
     assert!(blocks.len() >= 2, "docs/config.md has its examples");
     for block in blocks {
-        if let Err(err) = Config::parse(block, "docs/config.md") {
+        if let Err(err) = Config::parse(block, "docs/config.md", &catalog()) {
             panic!("{err} in:\n{block}");
         }
     }
@@ -204,10 +209,10 @@ const BAD: &[Bad] = &[
     bad("probes:\n  exec:\n    labels: [comm]\n    labels: []\n", 4, 5, &["duplicate setting `labels`"]),
     bad("probes:\n  exec: [comm]\n", 2, 9, &["sequence", "settings for probe `exec`"]),
     // labels
-    bad("probes:\n  exec:\n    labels: [comm, pid]\n", 3, 20,
-        &["labels[1]", "probe `exec` has no label `pid`", "it can carry: comm"]),
+    bad("probes:\n  exec:\n    labels: [comm, ppid]\n", 3, 20,
+        &["labels[1]", "probe `exec` has no label `ppid`", "it can carry: comm, pid, cgroup"]),
     bad("probes:\n  syscalls:\n    labels:\n      - syscall\n      - op\n", 5, 9,
-        &["probe `syscalls` has no label `op`", "syscall, comm"]),
+        &["probe `syscalls` has no label `op`", "comm, pid, cgroup, syscall"]),
     bad("probes:\n  exit:\n    labels: [code, signal, code]\n", 3, 28, &["label `code` is listed twice"]),
     bad("probes:\n  exec:\n    labels: comm\n", 3, 13, &["string \"comm\"", "a list of labels"]),
     // filter
@@ -295,10 +300,10 @@ fn bad_configs_are_refused_at_the_fault() {
 
 #[test]
 fn errors_read_file_line_column_message() {
-    let err = parse("probes:\n  exec:\n    labels: [pid]\n").expect_err("`pid` is no label of exec");
+    let err = parse("probes:\n  exec:\n    labels: [ppid]\n").expect_err("`ppid` is no label of exec");
     assert_eq!(
         err.to_string(),
-        "test.yaml:3:14: probes.exec.labels[0]: probe `exec` has no label `pid`; it can carry: comm"
+        "test.yaml:3:14: probes.exec.labels[0]: probe `exec` has no label `ppid`; it can carry: comm, pid, cgroup"
     );
     let err = parse("probes:\n  vfs_io:\n    hook: bogus\n").expect_err("no such hook");
     assert_eq!(
@@ -309,7 +314,7 @@ fn errors_read_file_line_column_message() {
 
 #[test]
 fn unreadable_file_names_the_path() {
-    let err = Config::load(Path::new("/nonexistent/sonde.yaml")).expect_err("no such file");
+    let err = Config::load(Path::new("/nonexistent/sonde.yaml"), &catalog()).expect_err("no such file");
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().starts_with("/nonexistent/sonde.yaml: cannot read config: "), "{err}");
 }

@@ -11,17 +11,28 @@ use std::os::fd::{AsFd, OwnedFd};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapHandle, OpenObject};
 
-use crate::config::{Filter, HookChoice, ProbeConfig, RingBufferConfig, RingSize, MAX_COMM_FILTERS};
-use crate::probes::{HookKind, HookSpec, Probe};
+use crate::config::{RingBufferConfig, RingSize, MAX_COMM_FILTERS};
+use crate::spec::{Filter, HookChoice, HookKind, HookSpec, ProbeSettings};
 
 /// What every load needs besides the probe's own config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadContext {
     pub ring: RingBufferConfig,
     /// Possible CPUs, which automatic ring sizes scale with.
     pub cpus: usize,
     /// The agent's own process, whose events are never produced.
     pub self_tgid: u32,
+}
+
+impl LoadContext {
+    pub fn new(ring: RingBufferConfig) -> Self {
+        LoadContext { ring, cpus: libbpf_rs::num_possible_cpus().unwrap_or(1), self_tgid: std::process::id() }
+    }
+
+    /// The ring a probe gets on this machine.
+    pub fn ring_for(&self, spec: &crate::spec::ProbeSpec) -> RingSize {
+        self.ring.for_probe(spec.ring_bytes_per_cpu, self.cpus)
+    }
 }
 
 /// A probe whose programs are loaded and attached.
@@ -44,7 +55,7 @@ pub enum LoadError {
     #[error("opening the BPF object failed: {0}")]
     Open(#[source] libbpf_rs::Error),
     #[error("the BPF object has no `{0}`")]
-    Missing(&'static str),
+    Missing(String),
     #[error("loading failed: {source}{}", detail_suffix(.detail))]
     Load {
         #[source]
@@ -54,9 +65,9 @@ pub enum LoadError {
     },
     #[error("attaching {program} to {kind} {target} failed: {source}{}", detail_suffix(.detail))]
     Attach {
-        program: &'static str,
+        program: String,
         kind: &'static str,
-        target: &'static str,
+        target: String,
         #[source]
         source: libbpf_rs::Error,
         detail: String,
@@ -112,19 +123,23 @@ impl std::fmt::Display for ProbeFailure {
     }
 }
 
-/// Loads `probe` with the configured hook, or with the first of its hooks
+/// Opens, loads and attaches a probe's programs for one hook.
+pub type LoadFn = fn(&ProbeSettings, &HookSpec, &LoadContext) -> Result<Loaded, LoadError>;
+
+/// Loads a probe with the configured hook, or with the first of its hooks
 /// that works when the choice is `auto`.
-pub fn load_probe(probe: &Probe, config: &ProbeConfig, ctx: &LoadContext) -> Result<Loaded, ProbeFailure> {
-    let candidates: Vec<&'static HookSpec> = match config.hook {
-        HookChoice::Auto => probe.spec.hooks.iter().collect(),
-        HookChoice::Only(kind) => probe.spec.hook(kind).into_iter().collect(),
+pub fn load_probe(load: LoadFn, settings: &ProbeSettings, ctx: &LoadContext) -> Result<Loaded, ProbeFailure> {
+    let spec = &settings.spec;
+    let candidates: Vec<&HookSpec> = match settings.hook {
+        HookChoice::Auto => spec.hooks.iter().collect(),
+        HookChoice::Only(kind) => spec.hook_of(kind).into_iter().collect(),
     };
     let mut attempts = Vec::new();
     for hook in candidates {
-        match (probe.load)(config, hook, ctx) {
+        match load(settings, hook, ctx) {
             Ok(loaded) => return Ok(loaded),
             Err(err) => {
-                tracing::debug!(probe = probe.spec.name, hook = hook.kind.name(), error = %err, "hook failed");
+                tracing::debug!(probe = spec.name, hook = hook.kind.name(), error = %err, "hook failed");
                 attempts.push((hook.kind, err));
             }
         }
@@ -139,10 +154,12 @@ pub struct CommonRodata {
     pub filter_comm_count: u32,
     pub filter_comms: [[i8; 16]; MAX_COMM_FILTERS],
     pub wakeup_bytes: u64,
+    pub want_comm: bool,
 }
 
 impl CommonRodata {
-    pub fn new(filter: &Filter, ctx: &LoadContext, ring: RingSize) -> Self {
+    pub fn new(settings: &ProbeSettings, ctx: &LoadContext, ring: RingSize) -> Self {
+        let filter: &Filter = &settings.filter;
         let mut filter_comms = [[0i8; 16]; MAX_COMM_FILTERS];
         for (slot, comm) in filter_comms.iter_mut().zip(&filter.comm) {
             // config validation keeps comms at 15 bytes or fewer: NUL stays
@@ -156,39 +173,41 @@ impl CommonRodata {
             filter_comm_count: filter.comm.len() as u32,
             filter_comms,
             wakeup_bytes: u64::from(ring.wakeup_bytes),
+            want_comm: settings.has_label("comm"),
         }
     }
 }
 
-/// Defines a probe's `load` function: open its skeleton, copy
+/// Defines a probe's `load` function (a `LoadFn`): open its skeleton, copy
 /// `CommonRodata` into the generated `rodata` type (whose fields of the same
 /// names come from `common.h`), let `$extra` set the probe's own `.rodata`
-/// from its config, and go on with `load_skeleton`.
+/// from its settings, and go on with `load_skeleton`.
 macro_rules! skeleton_loader {
     ($builder:ty) => {
-        $crate::loader::skeleton_loader!($builder, |_rodata, _config| {});
+        $crate::loader::skeleton_loader!($builder, |_rodata, _settings| {});
     };
-    ($builder:ty, |$rodata:ident, $config:ident| $extra:block) => {
+    ($builder:ty, |$rodata:ident, $settings:ident| $extra:block) => {
         fn load(
-            config: &$crate::config::ProbeConfig,
-            hook: &'static $crate::probes::HookSpec,
+            settings: &$crate::spec::ProbeSettings,
+            hook: &$crate::spec::HookSpec,
             ctx: &$crate::loader::LoadContext,
         ) -> Result<$crate::loader::Loaded, $crate::loader::LoadError> {
             let mut storage = std::mem::MaybeUninit::uninit();
-            let ring = ctx.ring.for_probe(config.spec.ring_bytes_per_cpu, ctx.cpus);
-            let common = $crate::loader::CommonRodata::new(&config.filter, ctx, ring);
+            let ring = ctx.ring_for(&settings.spec);
+            let common = $crate::loader::CommonRodata::new(settings, ctx, ring);
             $crate::loader::load_skeleton(<$builder>::default(), &mut storage, hook, ring, |skel| {
                 let $rodata = skel
                     .maps
                     .rodata_data
                     .as_deref_mut()
-                    .ok_or($crate::loader::LoadError::Missing(".rodata"))?;
+                    .ok_or_else(|| $crate::loader::LoadError::Missing(".rodata".into()))?;
                 $rodata.filter_tgid = common.filter_tgid;
                 $rodata.ignore_tgid = common.ignore_tgid;
                 $rodata.filter_comm_count = common.filter_comm_count;
                 $rodata.filter_comms = common.filter_comms;
                 $rodata.wakeup_bytes = common.wakeup_bytes;
-                let $config = config;
+                $rodata.want_comm = common.want_comm;
+                let $settings = settings;
                 $extra
                 Ok(())
             })
@@ -202,7 +221,7 @@ pub(crate) use skeleton_loader;
 pub fn load_skeleton<'obj, B, F>(
     builder: B,
     storage: &'obj mut MaybeUninit<OpenObject>,
-    hook: &'static HookSpec,
+    hook: &HookSpec,
     ring: RingSize,
     set_rodata: F,
 ) -> Result<Loaded, LoadError>
@@ -222,10 +241,10 @@ where
         }
     }
     if !sized {
-        return Err(LoadError::Missing("events ring buffer"));
+        return Err(LoadError::Missing("events ring buffer".into()));
     }
     for mut prog in object.progs_mut() {
-        let wanted = hook.programs.iter().any(|(name, _)| prog.name() == *name);
+        let wanted = hook.programs.iter().any(|p| prog.name() == p.program.as_str());
         prog.set_autoload(wanted);
     }
 
@@ -239,12 +258,13 @@ where
 
     let mut links = Vec::new();
     let mut programs = Vec::new();
-    for &(name, target) in hook.programs {
-        let prog = object.progs_mut().find(|p| p.name() == name).ok_or(LoadError::Missing(name))?;
+    for spec in &hook.programs {
+        let name = spec.program.as_str();
+        let prog = object.progs_mut().find(|p| p.name() == name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
         let link = verifier_log::capture(|| prog.attach()).map_err(|(source, log)| LoadError::Attach {
-            program: name,
+            program: name.to_string(),
             kind: hook.kind.name(),
-            target,
+            target: spec.target.clone(),
             source,
             detail: detail(&log),
         })?;
@@ -253,8 +273,8 @@ where
         programs.push(LoadedProgram { name: name.to_string(), fd });
     }
 
-    let handle = |wanted: &'static str| -> Result<MapHandle, LoadError> {
-        let map = object.maps().find(|m| m.name() == wanted).ok_or(LoadError::Missing(wanted))?;
+    let handle = |wanted: &str| -> Result<MapHandle, LoadError> {
+        let map = object.maps().find(|m| m.name() == wanted).ok_or_else(|| LoadError::Missing(wanted.into()))?;
         MapHandle::try_from(&map).map_err(LoadError::Open)
     };
     let events = handle("events")?;

@@ -1,113 +1,54 @@
-//! The Prometheus registry with sonde's naming (prefix, constant labels),
-//! the self-metrics, and the per-probe series cache.
+//! Every metric sonde exports, behind one registry that knows every family
+//! name and refuses clashes: sonde's own metrics (the `prometheus` crate)
+//! and each probe's families (single-writer cells with their own encoder).
 
-pub mod local;
+mod cells;
+mod family;
+mod selfmetrics;
 mod series;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::TextEncoder;
 
-use local::Encode;
-pub use local::{Counter, Family, Histogram};
-pub use series::{Build, SeriesCache};
+pub use cells::{Cells, Layout};
+pub use family::{escape, FamilyError, ProbeFamilies, RenderLabels};
+pub use selfmetrics::{SelfMetrics, SELF_LABELS};
+pub use series::{Entry, Key, Limits, Published, SeriesTable, TableCounters};
 
-use crate::config::Config;
+use std::sync::Arc;
 
-/// Label names used by the self-metrics.
-pub const SELF_LABELS: &[&str] = &["probe", "hook", "stage", "metric", "version", "libbpf", "program"];
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metric `{name}` of probe `{probe}` clashes with {other}")]
+    Clash { probe: String, name: String, other: String },
+    #[error(transparent)]
+    Prometheus(#[from] prometheus::Error),
+    #[error(transparent)]
+    Family(#[from] FamilyError),
+}
 
-pub struct Metrics {
-    registry: Registry,
+pub struct Registry {
     prefix: String,
-    const_labels: BTreeMap<String, String>,
-    /// Probe metrics and events_received, rendered after the registry.
-    families: Mutex<Vec<Arc<dyn Encode>>>,
-    pub series_limit: usize,
+    const_labels: Vec<(String, String)>,
+    prom: prometheus::Registry,
+    /// Names of sonde's own families, and every name their samples use.
+    self_names: Vec<String>,
+    probes: Mutex<Vec<Arc<ProbeFamilies>>>,
     pub agent: SelfMetrics,
 }
 
-/// What sonde reports about itself.
-pub struct SelfMetrics {
-    pub probe_up: IntGaugeVec,
-    pub probe_errors: IntCounterVec,
-    pub events_received: Family<Counter>,
-    pub events_lost: IntCounterVec,
-    pub decode_errors: IntCounterVec,
-    pub series_dropped: IntCounterVec,
-    pub prog_run_count: IntCounterVec,
-    pub prog_run_seconds: prometheus::CounterVec,
-}
-
-impl Metrics {
-    pub fn new(config: &Config) -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let prefix = config.metric_prefix.clone();
-        let const_labels = config.const_labels.clone();
-        let hashed: HashMap<String, String> = const_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(&prefix).const_labels(hashed.clone());
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(opts(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let g = IntGaugeVec::new(opts(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let prog_run_seconds = prometheus::CounterVec::new(
-            opts("bpf_prog_run_seconds_total", "Kernel time spent running the program (needs BPF stats on)."),
-            &["probe", "program"],
-        )?;
-        registry.register(Box::new(prog_run_seconds.clone()))?;
-        let agent = SelfMetrics {
-            probe_up: gauge(
-                "probe_up",
-                "1 if the probe is attached, with the hook it uses; 0 if it failed.",
-                &["probe", "hook"],
-            )?,
-            probe_errors: counter(
-                "probe_errors_total",
-                "Probe load and attach failures, by stage.",
-                &["probe", "stage"],
-            )?,
-            events_received: Family::new(
-                &format!("{prefix}_events_received_total"),
-                "Events read from the probe's ring buffer.",
-                &["probe"],
-                &const_labels,
-                Vec::new(),
-            )?,
-            events_lost: counter(
-                "events_lost_total",
-                "Events the probe produced but its ring buffer had no room for.",
-                &["probe"],
-            )?,
-            decode_errors: counter("decode_errors_total", "Events that could not be decoded.", &["probe"])?,
-            series_dropped: counter(
-                "series_dropped_total",
-                "Label sets folded into the overflow series by the series limit.",
-                &["metric"],
-            )?,
-            prog_run_count: counter(
-                "bpf_prog_runs_total",
-                "Times the kernel ran the program (needs BPF stats on).",
-                &["probe", "program"],
-            )?,
-            prog_run_seconds,
-        };
-        let build_info =
-            gauge("build_info", "sonde's version and the libbpf it was built with.", &["version", "libbpf"])?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &libbpf_version()]).set(1);
-        let families: Vec<Arc<dyn Encode>> = vec![Arc::new(agent.events_received.clone())];
-        Ok(Metrics {
-            registry,
-            prefix,
-            const_labels,
-            families: Mutex::new(families),
-            series_limit: config.series_limit,
+impl Registry {
+    pub fn new(prefix: &str, const_labels: &BTreeMap<String, String>) -> Result<Registry, MetricsError> {
+        let prom = prometheus::Registry::new();
+        let (agent, self_names) = SelfMetrics::register(&prom, prefix, const_labels)?;
+        Ok(Registry {
+            prefix: prefix.to_string(),
+            const_labels: const_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            prom,
+            self_names,
+            probes: Mutex::new(Vec::new()),
             agent,
         })
     }
@@ -117,65 +58,62 @@ impl Metrics {
         format!("{}_{}", self.prefix, name)
     }
 
-    /// A counter family written by the event reader thread only.
-    pub fn counter_family(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-    ) -> Result<Family<Counter>, prometheus::Error> {
-        let family = Family::new(&self.full_name(name), help, labels, &self.const_labels, Vec::new())?;
-        self.add_family(Arc::new(family.clone()))?;
-        Ok(family)
+    pub fn const_labels(&self) -> &[(String, String)] {
+        &self.const_labels
     }
 
-    /// A duration histogram family (bounds in seconds) written by the event
-    /// reader thread only.
-    pub fn histogram_family(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-        bounds: Vec<f64>,
-    ) -> Result<Family<Histogram>, prometheus::Error> {
-        let family = Family::new(&self.full_name(name), help, labels, &self.const_labels, bounds)?;
-        self.add_family(Arc::new(family.clone()))?;
-        Ok(family)
-    }
-
-    fn add_family(&self, family: Arc<dyn Encode>) -> Result<(), prometheus::Error> {
-        let mut families = self.families.lock().map_err(|_| prometheus::Error::Msg("metrics lock poisoned".into()))?;
-        if families.iter().any(|f| f.name() == family.name()) {
-            return Err(prometheus::Error::AlreadyReg);
+    /// Adds a probe's families; refused if any name (or a histogram's
+    /// `_bucket`/`_sum`/`_count` series) is already taken.
+    pub fn add_probe(&self, families: Arc<ProbeFamilies>) -> Result<(), MetricsError> {
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        for name in families.names() {
+            let clash = |taken: &str| sample_names(name).iter().any(|n| sample_names(taken).contains(n));
+            if let Some(other) = self.self_names.iter().find(|n| clash(n)) {
+                return Err(MetricsError::Clash {
+                    probe: families.probe().into(),
+                    name: name.into(),
+                    other: format!("sonde's own `{other}`"),
+                });
+            }
+            for p in probes.iter() {
+                if let Some(other) = p.names().find(|n| clash(n)) {
+                    return Err(MetricsError::Clash {
+                        probe: families.probe().into(),
+                        name: name.into(),
+                        other: format!("`{other}` of probe `{}`", p.probe()),
+                    });
+                }
+            }
         }
-        families.push(family);
-        families.sort_by(|a, b| a.name().cmp(b.name()));
+        probes.push(families);
         Ok(())
     }
 
-    /// A cache of label sets for metrics `names` (unprefixed) carrying
-    /// `label_count` labels, bounded by the configured series limit.
-    pub fn series_cache<K: std::hash::Hash + Eq, H>(
-        &self,
-        names: &[&str],
-        label_count: usize,
-        build: series::Build<H>,
-    ) -> SeriesCache<K, H> {
-        let dropped =
-            names.iter().map(|n| self.agent.series_dropped.with_label_values(&[&self.full_name(n)])).collect();
-        SeriesCache::new(self.series_limit, label_count, build, dropped)
+    /// Removes a probe's families: its series are gone from the next scrape.
+    pub fn remove_probe(&self, probe: &str) {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p.probe() != probe);
     }
 
-    /// Everything in the Prometheus text format.
+    /// Everything, in the Prometheus text format.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
         let mut out = String::with_capacity(64 * 1024);
-        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)?;
-        let families = self.families.lock().map_err(|_| prometheus::Error::Msg("metrics lock poisoned".into()))?;
-        for family in families.iter() {
-            family.encode(&mut out);
+        TextEncoder::new().encode_utf8(&self.prom.gather(), &mut out)?;
+        let probes: Vec<Arc<ProbeFamilies>> = self.probes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut order: Vec<(&str, &ProbeFamilies, usize)> =
+            probes.iter().flat_map(|p| (0..p.metric_count()).map(move |i| (p.metric_name(i), &**p, i))).collect();
+        order.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, families, index) in order {
+            families.encode(index, &mut out);
         }
         Ok(out)
     }
+}
+
+/// Every sample name a family of `name` may use (a counter's own name, or
+/// a histogram's series): a family named `x_count` would clash with the
+/// `_count` series of a histogram `x`.
+fn sample_names(name: &str) -> [String; 4] {
+    [name.to_string(), format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count")]
 }
 
 fn libbpf_version() -> String {
@@ -185,7 +123,45 @@ fn libbpf_version() -> String {
     format!("{major}.{minor}")
 }
 
-/// The label values for `wanted` labels, in order, taken from `value`.
-pub fn label_values(wanted: &[&'static str], mut value: impl FnMut(&str) -> String) -> Vec<String> {
-    wanted.iter().map(|l| value(l)).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{MetricSpec, Unit};
+
+    struct NoLabels;
+    impl RenderLabels for NoLabels {
+        fn values(&self, _: &Key) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    fn families(probe: &str, specs: &[MetricSpec]) -> Arc<ProbeFamilies> {
+        let layout = Arc::new(Layout::new(specs, &[1.0]));
+        Arc::new(
+            ProbeFamilies::new(
+                probe,
+                specs,
+                specs.iter().map(|s| format!("sonde_{}", s.name)).collect(),
+                vec![],
+                0,
+                &[],
+                layout,
+                Arc::new(Published::default()),
+                Arc::new(NoLabels),
+            )
+            .expect("families"),
+        )
+    }
+
+    #[test]
+    fn clashing_names_are_refused() {
+        let registry = Registry::new("sonde", &BTreeMap::new()).expect("registry");
+        registry.add_probe(families("a", &[MetricSpec::histogram("lat", Unit::Seconds, "h")])).expect("first");
+        let err = registry.add_probe(families("b", &[MetricSpec::counter("lat_count", "c")]));
+        assert!(matches!(err, Err(MetricsError::Clash { .. })), "histogram series clash");
+        let err = registry.add_probe(families("c", &[MetricSpec::counter("probe_up", "c")]));
+        assert!(matches!(err, Err(MetricsError::Clash { .. })), "self-metric clash");
+        registry.remove_probe("a");
+        registry.add_probe(families("b", &[MetricSpec::counter("lat_count", "c")])).expect("after removal");
+    }
 }

@@ -1,37 +1,58 @@
 //! `exit`: processes that ended, by name and how: exit code or fatal signal.
 
-use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
-use crate::config::ProbeConfig;
-use crate::events::{decode, DecodeError, EventSink};
-use crate::loader;
-use crate::metrics::{label_values, Counter, Metrics, SeriesCache};
+use std::sync::Arc;
+
+use super::{keep, Builtin};
+use crate::decode::{decode, DecodeError, Decoded, Decoder};
+use crate::spec::{HookKind, HookSpec, MetricSpec, ProbeSettings, ProbeSpec};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/exit.skel.rs"));
 }
 use skel::{types, ExitSkelBuilder};
 
+// SAFETY: the skeleton's C struct; any bytes are valid.
 unsafe impl plain::Plain for types::event {}
 
-const EXITS: &str = "exit_total";
+pub const PROBE: Builtin = Builtin { spec, load, decoder };
 
-pub const PROBE: Probe = Probe { spec: &SPEC, load, sink };
+fn spec() -> ProbeSpec {
+    let labels = ["comm", "code", "signal"];
+    ProbeSpec::new("exit", "Processes that exited, by name and exit code or fatal signal.", &labels[1..], &labels)
+        .hook(HookSpec::new(HookKind::Tracepoint, &[("handle_exit", "sched/sched_process_exit")]))
+        .metric(MetricSpec::counter(
+            "exit_total",
+            "Process exits; `code` is the exit status when the process exited, `signal` the signal that killed it.",
+        ))
+}
 
-static SPEC: ProbeSpec = ProbeSpec {
-    name: "exit",
-    summary: "Processes that exited, by name and exit code or fatal signal.",
-    hooks: &[HookSpec { kind: HookKind::Tracepoint, programs: &[("handle_exit", "sched/sched_process_exit")] }],
-    metrics: &[MetricSpec {
-        name: EXITS,
-        kind: MetricKind::Counter,
-        help: "Process exits; `code` is the exit status when the process exited, `signal` the signal that killed it.",
-    }],
-    labels: &["comm", "code", "signal"],
-    default_labels: &["comm", "code", "signal"],
-    ring_bytes_per_cpu: 16 << 10,
-};
+crate::loader::skeleton_loader!(ExitSkelBuilder);
 
-loader::skeleton_loader!(ExitSkelBuilder);
+struct Exit {
+    /// Whether `code` or `signal` is on: only then does the status split series.
+    by_status: bool,
+}
+
+fn decoder(settings: &ProbeSettings) -> Arc<dyn Decoder> {
+    Arc::new(Exit { by_status: settings.has_label("code") || settings.has_label("signal") })
+}
+
+impl Decoder for Exit {
+    fn decode(&self, record: &[u8]) -> Result<Decoded, DecodeError> {
+        let event: &types::event = decode(record)?;
+        // Only the bits the labels show: exit status and signal number.
+        Ok(Decoded { key: keep(self.by_status, u64::from(event.exit_code & 0xff7f)), values: [1, 0, 0, 0] })
+    }
+
+    fn label(&self, label: &str, key: u64) -> String {
+        let (code, signal) = status_labels(key as u32);
+        if label == "code" {
+            code
+        } else {
+            signal
+        }
+    }
+}
 
 /// How a wait(2) status reads as labels: (`code`, `signal`).
 pub fn status_labels(status: u32) -> (String, String) {
@@ -45,43 +66,6 @@ pub fn status_labels(status: u32) -> (String, String) {
             .map(|s| s.as_str().to_string())
             .unwrap_or_else(|| format!("SIG{signal}"));
         (String::new(), name)
-    }
-}
-
-struct Sink {
-    key_comm: bool,
-    key_status: bool,
-    labels: Vec<&'static str>,
-    series: SeriesCache<(u128, u32), Counter>,
-}
-
-fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
-    Ok(Box::new(Sink {
-        key_comm: config.has_label("comm"),
-        key_status: config.has_label("code") || config.has_label("signal"),
-        series: super::series(metrics, &SPEC, config)?,
-        labels: config.labels.clone(),
-    }))
-}
-
-impl EventSink for Sink {
-    fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
-        let event: &types::event = decode(data)?;
-        let comm = if self.key_comm { comm_key(&event.comm) } else { 0 };
-        // Only the bits the labels show: exit status and signal number.
-        let status = if self.key_status { event.exit_code & 0xff7f } else { 0 };
-        let labels = &self.labels;
-        self.series
-            .get((comm, status), || {
-                let (code, signal) = status_labels(status);
-                label_values(labels, |l| match l {
-                    "comm" => comm_str(&event.comm),
-                    "code" => code.clone(),
-                    _ => signal.clone(),
-                })
-            })
-            .add(1);
-        Ok(())
     }
 }
 

@@ -1,88 +1,64 @@
 //! `file_open`: openat() calls by process name and result, with latency.
 
-use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
-use crate::config::ProbeConfig;
-use crate::events::{decode, DecodeError, EventSink};
-use crate::loader;
-use crate::metrics::{label_values, Counter, Histogram, Metrics, SeriesCache};
+use std::sync::Arc;
+
+use super::{keep, Builtin};
+use crate::decode::{decode, DecodeError, Decoded, Decoder};
+use crate::spec::{HookKind, HookSpec, MetricSpec, ProbeSettings, ProbeSpec, Unit};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/file_open.skel.rs"));
 }
 use skel::{types, FileOpenSkelBuilder};
 
+// SAFETY: the skeleton's C struct; any bytes are valid.
 unsafe impl plain::Plain for types::event {}
 
-const OPENS: &str = "file_open_total";
-const DURATION: &str = "file_open_duration_seconds";
+pub const PROBE: Builtin = Builtin { spec, load, decoder };
 
-pub const PROBE: Probe = Probe { spec: &SPEC, load, sink };
+fn spec() -> ProbeSpec {
+    let summary = "openat() calls by process name and result (`ok` or the errno name), with latency.";
+    ProbeSpec::new("file_open", summary, &["result"], &["comm", "result"])
+        .hook(HookSpec::new(
+            HookKind::Tracepoint,
+            &[("handle_openat_enter", "syscalls/sys_enter_openat"), ("handle_openat_exit", "syscalls/sys_exit_openat")],
+        ))
+        .metric(MetricSpec::counter("file_open_total", "openat() calls."))
+        .metric(MetricSpec::histogram("file_open_duration_seconds", Unit::Seconds, "openat() latency."))
+        .ring_bytes_per_cpu(128 << 10)
+}
 
-static SPEC: ProbeSpec = ProbeSpec {
-    name: "file_open",
-    summary: "openat() calls by process name and result (`ok` or the errno name), with latency.",
-    hooks: &[HookSpec {
-        kind: HookKind::Tracepoint,
-        programs: &[
-            ("handle_openat_enter", "syscalls/sys_enter_openat"),
-            ("handle_openat_exit", "syscalls/sys_exit_openat"),
-        ],
-    }],
-    metrics: &[
-        MetricSpec { name: OPENS, kind: MetricKind::Counter, help: "openat() calls." },
-        MetricSpec { name: DURATION, kind: MetricKind::Histogram, help: "openat() latency." },
-    ],
-    labels: &["comm", "result"],
-    default_labels: &["comm", "result"],
-    ring_bytes_per_cpu: 128 << 10,
-};
+crate::loader::skeleton_loader!(FileOpenSkelBuilder);
 
-loader::skeleton_loader!(FileOpenSkelBuilder);
+struct FileOpen {
+    by_result: bool,
+}
 
-/// `ok` for a descriptor, else the errno's name (`ENOENT`).
-pub fn result_label(ret: i32) -> String {
-    if ret >= 0 {
+fn decoder(settings: &ProbeSettings) -> Arc<dyn Decoder> {
+    Arc::new(FileOpen { by_result: settings.has_label("result") })
+}
+
+impl Decoder for FileOpen {
+    fn decode(&self, record: &[u8]) -> Result<Decoded, DecodeError> {
+        let event: &types::event = decode(record)?;
+        // every descriptor is `ok`: one key for all of them
+        let errno = u64::from(event.ret.min(0).unsigned_abs());
+        Ok(Decoded { key: keep(self.by_result, errno), values: [1, event.duration_ns, 0, 0] })
+    }
+
+    fn label(&self, _: &str, key: u64) -> String {
+        result_label(key as i32)
+    }
+}
+
+/// `ok` for errno 0 (a descriptor), else the errno's name (`ENOENT`).
+pub fn result_label(errno: i32) -> String {
+    if errno == 0 {
         return "ok".to_string();
     }
-    match nix::errno::Errno::from_raw(-ret) {
-        nix::errno::Errno::UnknownErrno => format!("errno_{}", -ret),
+    match nix::errno::Errno::from_raw(errno) {
+        nix::errno::Errno::UnknownErrno => format!("errno_{errno}"),
         errno => format!("{errno:?}"),
-    }
-}
-
-type Handles = (Counter, Histogram);
-
-struct Sink {
-    key_comm: bool,
-    key_result: bool,
-    series: SeriesCache<(u128, i32), Handles>,
-    labels: Vec<&'static str>,
-}
-
-fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
-    Ok(Box::new(Sink {
-        key_comm: config.has_label("comm"),
-        key_result: config.has_label("result"),
-        series: super::series(metrics, &SPEC, config)?,
-        labels: config.labels.clone(),
-    }))
-}
-
-impl EventSink for Sink {
-    fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
-        let event: &types::event = decode(data)?;
-        let comm = if self.key_comm { comm_key(&event.comm) } else { 0 };
-        let result = if self.key_result { event.ret.min(0) } else { 0 };
-        let labels = &self.labels;
-        let (count, latency) = self.series.get((comm, result), || {
-            label_values(labels, |l| match l {
-                "comm" => comm_str(&event.comm),
-                _ => result_label(result),
-            })
-        });
-        count.add(1);
-        latency.observe_ns(event.duration_ns);
-        Ok(())
     }
 }
 
@@ -92,10 +68,9 @@ mod tests {
 
     #[test]
     fn results_name_errnos() {
-        assert_eq!(result_label(3), "ok");
         assert_eq!(result_label(0), "ok");
-        assert_eq!(result_label(-2), "ENOENT");
-        assert_eq!(result_label(-13), "EACCES");
-        assert_eq!(result_label(-4000), "errno_4000");
+        assert_eq!(result_label(2), "ENOENT");
+        assert_eq!(result_label(13), "EACCES");
+        assert_eq!(result_label(4000), "errno_4000");
     }
 }

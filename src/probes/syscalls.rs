@@ -1,48 +1,57 @@
 //! `syscalls`: every system call by name, with latency.
 
-use super::{comm_key, comm_str, HookKind, HookSpec, MetricKind, MetricSpec, Probe, ProbeSpec};
-use crate::config::ProbeConfig;
-use crate::events::{decode, DecodeError, EventSink};
-use crate::loader;
-use crate::metrics::{label_values, Counter, Histogram, Metrics, SeriesCache};
+use std::sync::Arc;
+
+use super::{keep, Builtin};
+use crate::decode::{decode, DecodeError, Decoded, Decoder};
+use crate::spec::{HookKind, HookSpec, MetricSpec, ProbeSettings, ProbeSpec, Unit};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
 }
 use skel::{types, SyscallsSkelBuilder};
 
+// SAFETY: the skeleton's C struct; any bytes are valid.
 unsafe impl plain::Plain for types::event {}
-unsafe impl plain::Plain for types::event_head {}
 
-/// The probe's ring buffer records, as the skeleton generates them from C:
-/// `EventHead` alone without the comm label, `Event` with it.
+/// The probe's ring buffer record, as the skeleton generates it from C.
 pub type Event = types::event;
-pub type EventHead = types::event_head;
 
-const CALLS: &str = "syscalls_total";
-const DURATION: &str = "syscall_duration_seconds";
+pub const PROBE: Builtin = Builtin { spec, load, decoder };
 
-pub const PROBE: Probe = Probe { spec: &SPEC, load, sink };
+fn spec() -> ProbeSpec {
+    let summary = "System calls by name (and optionally process name), with latency.";
+    ProbeSpec::new("syscalls", summary, &["syscall"], &["syscall"])
+        .hook(HookSpec::new(
+            HookKind::BtfTracepoint,
+            &[("handle_sys_enter", "raw_syscalls/sys_enter"), ("handle_sys_exit", "raw_syscalls/sys_exit")],
+        ))
+        .metric(MetricSpec::counter("syscalls_total", "System calls completed."))
+        .metric(MetricSpec::histogram("syscall_duration_seconds", Unit::Seconds, "System call latency."))
+        .ring_bytes_per_cpu(512 << 10)
+}
 
-static SPEC: ProbeSpec = ProbeSpec {
-    name: "syscalls",
-    summary: "System calls by name (and optionally process name), with latency.",
-    hooks: &[HookSpec {
-        kind: HookKind::BtfTracepoint,
-        programs: &[("handle_sys_enter", "raw_syscalls/sys_enter"), ("handle_sys_exit", "raw_syscalls/sys_exit")],
-    }],
-    metrics: &[
-        MetricSpec { name: CALLS, kind: MetricKind::Counter, help: "System calls completed." },
-        MetricSpec { name: DURATION, kind: MetricKind::Histogram, help: "System call latency." },
-    ],
-    labels: &["syscall", "comm"],
-    default_labels: &["syscall"],
-    ring_bytes_per_cpu: 512 << 10,
-};
+crate::loader::skeleton_loader!(SyscallsSkelBuilder);
 
-loader::skeleton_loader!(SyscallsSkelBuilder, |rodata, config| {
-    rodata.want_comm = config.has_label("comm");
-});
+pub struct Syscalls {
+    by_name: bool,
+}
+
+pub fn decoder(settings: &ProbeSettings) -> Arc<dyn Decoder> {
+    Arc::new(Syscalls { by_name: settings.has_label("syscall") })
+}
+
+impl Decoder for Syscalls {
+    #[inline]
+    fn decode(&self, record: &[u8]) -> Result<Decoded, DecodeError> {
+        let event: &Event = decode(record)?;
+        Ok(Decoded { key: keep(self.by_name, u64::from(event.nr)), values: [1, event.duration_ns, 0, 0] })
+    }
+
+    fn label(&self, _: &str, key: u64) -> String {
+        syscall_name(key as u32)
+    }
+}
 
 /// The syscall's name on this architecture, or `syscall_<nr>`.
 pub fn syscall_name(nr: u32) -> String {
@@ -51,49 +60,6 @@ pub fn syscall_name(nr: u32) -> String {
         None => format!("syscall_{nr}"),
     }
 }
-
-type Handles = (Counter, Histogram);
-
-struct Sink {
-    key_syscall: bool,
-    key_comm: bool,
-    series: SeriesCache<(u32, u128), Handles>,
-    labels: Vec<&'static str>,
-}
-
-fn sink(config: &ProbeConfig, metrics: &Metrics) -> Result<Box<dyn EventSink>, prometheus::Error> {
-    Ok(Box::new(Sink {
-        key_syscall: config.has_label("syscall"),
-        key_comm: config.has_label("comm"),
-        series: super::series(metrics, &SPEC, config)?,
-        labels: config.labels.clone(),
-    }))
-}
-
-impl EventSink for Sink {
-    fn handle(&mut self, data: &[u8]) -> Result<(), DecodeError> {
-        // The programs send the comm only when the comm label is on.
-        let (head, comm): (&types::event_head, &[i8; 16]) = if self.key_comm {
-            let event: &types::event = decode(data)?;
-            (&event.head, &event.comm)
-        } else {
-            (decode(data)?, &NO_COMM)
-        };
-        let nr = if self.key_syscall { head.nr } else { 0 };
-        let labels = &self.labels;
-        let (count, latency) = self.series.get((nr, comm_key(comm)), || {
-            label_values(labels, |l| match l {
-                "syscall" => syscall_name(nr),
-                _ => comm_str(comm),
-            })
-        });
-        count.add(1);
-        latency.observe_ns(head.duration_ns);
-        Ok(())
-    }
-}
-
-const NO_COMM: [i8; 16] = [0; 16];
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,222 @@
+//! What a probe *is*, as plain run-time data: its hooks and their
+//! alternatives, the metrics it produces, the labels they can carry and
+//! where each label's value comes from. Built by code for the built-in
+//! probes; nothing here knows how a probe is loaded or read.
+
+mod settings;
+
+use std::sync::Arc;
+
+pub use settings::{Buckets, Filter, HookChoice, ProbeSettings};
+
+/// How a program hooks into the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookKind {
+    Tracepoint,
+    /// BTF-typed raw tracepoint (`tp_btf`).
+    BtfTracepoint,
+    Kprobe,
+    Fentry,
+}
+
+impl HookKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Tracepoint => "tracepoint",
+            HookKind::BtfTracepoint => "tp_btf",
+            HookKind::Kprobe => "kprobe",
+            HookKind::Fentry => "fentry",
+        }
+    }
+}
+
+/// One BPF program of a hook and the kernel hook point it attaches to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramSpec {
+    pub program: String,
+    pub target: String,
+}
+
+/// One way of hooking a probe in: the programs to load for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookSpec {
+    pub kind: HookKind,
+    pub programs: Vec<ProgramSpec>,
+}
+
+impl HookSpec {
+    /// `programs`: (BPF program name, hook point) pairs.
+    pub fn new(kind: HookKind, programs: &[(&str, &str)]) -> Self {
+        let programs =
+            programs.iter().map(|(p, t)| ProgramSpec { program: p.to_string(), target: t.to_string() }).collect();
+        HookSpec { kind, programs }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+}
+
+/// What a metric's observed values measure. Durations are observed in
+/// nanoseconds and exported in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Seconds,
+    Bytes,
+    /// A plain count.
+    None,
+}
+
+impl Unit {
+    /// Multiplies an observed value into the exported base unit.
+    pub fn scale(self) -> f64 {
+        match self {
+            Unit::Seconds => 1e-9,
+            Unit::Bytes | Unit::None => 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricSpec {
+    /// Name without the configured prefix.
+    pub name: String,
+    pub kind: MetricKind,
+    pub unit: Unit,
+    pub help: String,
+}
+
+impl MetricSpec {
+    pub fn counter(name: &str, help: &str) -> Self {
+        MetricSpec { name: name.into(), kind: MetricKind::Counter, unit: Unit::None, help: help.into() }
+    }
+
+    pub fn histogram(name: &str, unit: Unit, help: &str) -> Self {
+        MetricSpec { name: name.into(), kind: MetricKind::Histogram, unit, help: help.into() }
+    }
+}
+
+/// Where a label's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelSource {
+    /// The common record header every probe writes (`comm`, `pid`).
+    Header,
+    /// The probe's own event, decoded by the probe.
+    Event,
+    /// An enricher, from the cgroup id in the record header.
+    Cgroup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSpec {
+    pub name: String,
+    pub source: LabelSource,
+}
+
+/// Labels every probe can carry, from the record header or an enricher.
+pub const COMMON_LABELS: &[(&str, LabelSource)] =
+    &[("comm", LabelSource::Header), ("pid", LabelSource::Header), ("cgroup", LabelSource::Cgroup)];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub name: String,
+    pub summary: String,
+    /// Alternatives in order of preference; `hook: auto` takes the first
+    /// that loads and attaches.
+    pub hooks: Vec<HookSpec>,
+    /// Every metric gets one value per event, in this order.
+    pub metrics: Vec<MetricSpec>,
+    /// Every label its metrics can carry: the common labels, then the
+    /// probe's own event labels.
+    pub labels: Vec<LabelSpec>,
+    pub default_labels: Vec<String>,
+    /// Ring buffer room per CPU at the probe's expected event rate, for
+    /// rings sized automatically (`ring_buffer.size_bytes` unset).
+    pub ring_bytes_per_cpu: u32,
+}
+
+impl ProbeSpec {
+    /// A spec whose labels are the common ones plus `event_labels`.
+    pub fn new(name: &str, summary: &str, event_labels: &[&str], default_labels: &[&str]) -> Self {
+        let mut labels: Vec<LabelSpec> =
+            COMMON_LABELS.iter().map(|(n, source)| LabelSpec { name: n.to_string(), source: *source }).collect();
+        labels.extend(event_labels.iter().map(|n| LabelSpec { name: n.to_string(), source: LabelSource::Event }));
+        ProbeSpec {
+            name: name.into(),
+            summary: summary.into(),
+            hooks: Vec::new(),
+            metrics: Vec::new(),
+            labels,
+            default_labels: default_labels.iter().map(|l| l.to_string()).collect(),
+            ring_bytes_per_cpu: 16 << 10,
+        }
+    }
+
+    pub fn hook(mut self, hook: HookSpec) -> Self {
+        self.hooks.push(hook);
+        self
+    }
+
+    pub fn metric(mut self, metric: MetricSpec) -> Self {
+        self.metrics.push(metric);
+        self
+    }
+
+    pub fn ring_bytes_per_cpu(mut self, bytes: u32) -> Self {
+        self.ring_bytes_per_cpu = bytes;
+        self
+    }
+
+    pub fn has_histogram(&self) -> bool {
+        self.metrics.iter().any(|m| m.kind == MetricKind::Histogram)
+    }
+
+    pub fn hook_of(&self, kind: HookKind) -> Option<&HookSpec> {
+        self.hooks.iter().find(|h| h.kind == kind)
+    }
+
+    pub fn label(&self, name: &str) -> Option<&LabelSpec> {
+        self.labels.iter().find(|l| l.name == name)
+    }
+
+    /// The probe's own event labels, in the order its decoder numbers them.
+    pub fn event_labels(&self) -> impl Iterator<Item = &LabelSpec> {
+        self.labels.iter().filter(|l| l.source == LabelSource::Event)
+    }
+
+    pub fn label_names(&self) -> Vec<&str> {
+        self.labels.iter().map(|l| l.name.as_str()).collect()
+    }
+}
+
+/// Every probe spec the agent knows, by name: what config validation looks
+/// probes up in.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    specs: Vec<Arc<ProbeSpec>>,
+}
+
+impl Catalog {
+    pub fn new(specs: Vec<Arc<ProbeSpec>>) -> Self {
+        Catalog { specs }
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Arc<ProbeSpec>> {
+        self.specs.iter().find(|s| s.name == name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.specs.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    pub fn specs(&self) -> &[Arc<ProbeSpec>] {
+        &self.specs
+    }
+
+    /// Whether some probe's metrics can carry label `name`.
+    pub fn has_label(&self, name: &str) -> bool {
+        self.specs.iter().any(|s| s.label(name).is_some())
+    }
+}

@@ -1,0 +1,70 @@
+//! A configured probe: the spec it instantiates and the user's choices for
+//! it. Plain data, compared as a whole to decide what a reload changes.
+
+use std::sync::Arc;
+
+use super::{HookKind, ProbeSpec};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSettings {
+    pub spec: Arc<ProbeSpec>,
+    /// The labels its metrics carry, a subset of the spec's, in config order.
+    pub labels: Vec<String>,
+    pub filter: Filter,
+    pub buckets: Buckets,
+    pub hook: HookChoice,
+}
+
+impl ProbeSettings {
+    pub fn defaults(spec: Arc<ProbeSpec>) -> Self {
+        Self {
+            labels: spec.default_labels.clone(),
+            spec,
+            filter: Filter::default(),
+            buckets: Buckets::Exp2,
+            hook: HookChoice::Auto,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn has_label(&self, label: &str) -> bool {
+        self.labels.iter().any(|l| l == label)
+    }
+}
+
+/// Applied in the kernel: events from other processes are never produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Process names (comm) to keep; empty keeps all.
+    pub comm: Vec<String>,
+    /// Thread group (process) id to keep.
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Buckets {
+    /// Powers of two from 1 µs to ~8.4 s.
+    Exp2,
+    /// Upper bounds in seconds.
+    Explicit(Vec<f64>),
+}
+
+impl Buckets {
+    /// Upper bounds in seconds.
+    pub fn bounds(&self) -> Vec<f64> {
+        match self {
+            Buckets::Exp2 => (0..24).map(|i| 1e-6 * f64::from(1u32 << i)).collect(),
+            Buckets::Explicit(b) => b.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookChoice {
+    /// The first of the probe's hooks that loads and attaches.
+    Auto,
+    Only(HookKind),
+}
