@@ -20,6 +20,7 @@ fn embedded_default_enables_every_probe_with_defaults() {
     assert_eq!(config.metric_prefix, "sonde");
     assert!(config.const_labels.is_empty());
     assert_eq!(config.series_limit, 10_000);
+    assert_eq!(config.series_ttl, Some(DEFAULT_SERIES_TTL));
     assert!(!config.bpf_stats && !config.strict);
     let rb = &config.ring_buffer;
     assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (None, None, 100));
@@ -44,6 +45,7 @@ fn example_config_parses_to_what_it_documents() {
     let rb = &config.ring_buffer;
     assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (Some(4 << 20), Some(256 << 10), 100));
     assert_eq!(config.series_limit, 20_000);
+    assert_eq!(config.series_ttl, Some(Duration::from_secs(1800)));
     assert!(!config.bpf_stats && !config.strict);
 
     let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
@@ -187,6 +189,10 @@ const BAD: &[Bad] = &[
     bad("metric_prefix: 9bad\nprobes:\n  exec:\n", 1, 16, &["metric_prefix `9bad`", "[a-zA-Z_:]"]),
     bad("metric_prefix: my-agent\nprobes:\n  exec:\n", 1, 16, &["`my-agent`"]),
     bad("series_limit: 0\nprobes:\n  exec:\n", 1, 15, &["series_limit", "0 is out of range"]),
+    bad("series_ttl: 10\nprobes:\n  exec:\n", 1, 13, &["series_ttl", "expected a duration such as 1h"]),
+    bad("series_ttl: 5x\nprobes:\n  exec:\n", 1, 13, &["invalid duration `5x`"]),
+    bad("series_ttl: 50ms\nprobes:\n  exec:\n", 1, 13, &["too short: at least 100ms"]),
+    bad("series_ttl: 99999999999999d\nprobes:\n  exec:\n", 1, 13, &["invalid duration"]),
     bad("strict: yes\nprobes:\n  exec:\n", 1, 9, &["strict", "\"yes\"", "boolean"]),
     bad("bpf_stats: 1\nprobes:\n  exec:\n", 1, 12, &["bpf_stats", "boolean"]),
     // probes: missing, empty, unknown, twice
@@ -296,6 +302,21 @@ fn bad_configs_are_refused_at_the_fault() {
         }
     }
     assert!(failures.is_empty(), "{} of {} cases:\n\n{}", failures.len(), BAD.len(), failures.join("\n\n"));
+}
+
+#[test]
+fn series_ttl_takes_durations_and_zero() {
+    for (text, want) in [
+        ("0", None),
+        ("0s", None),
+        ("500ms", Some(Duration::from_millis(500))),
+        ("90s", Some(Duration::from_secs(90))),
+        ("2h", Some(Duration::from_secs(7200))),
+        ("1d", Some(Duration::from_secs(86400))),
+    ] {
+        let config = parse(&format!("series_ttl: {text}\nprobes:\n  exec:\n")).expect(text);
+        assert_eq!(config.series_ttl, want, "{text}");
+    }
 }
 
 #[test]
