@@ -12,9 +12,12 @@ mod skel {
 
 /// The header every record starts with, as the skeleton generates it.
 pub type Header = skel::types::event_header;
+/// The key of an in-kernel aggregation table.
+pub type AggKey = skel::types::agg_key;
 
-// SAFETY: a C struct of integers and a char array; any bytes are valid.
+// SAFETY: C structs of integers and char arrays; any bytes are valid.
 unsafe impl Plain for Header {}
+unsafe impl Plain for AggKey {}
 
 /// Most metrics one probe has: every event carries one value per metric.
 pub const MAX_METRICS: usize = 4;

@@ -143,7 +143,7 @@ fn list_probes() -> anyhow::Result<ExitCode> {
         loader::verifier_log::install();
     }
     let defaults = load_config(None)?;
-    let ctx = loader::LoadContext::new(defaults.ring_buffer.clone());
+    let ctx = loader::LoadContext::new(defaults.ring_buffer.clone(), defaults.series_limit);
     let registry = probes::Registry::builtin();
     for spec in registry.specs() {
         println!("{}: {}", spec.name, spec.summary);

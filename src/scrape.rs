@@ -5,19 +5,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libbpf_rs::MapHandle;
 
 use crate::agent::Control;
 use crate::bpf_stats;
-use crate::loader::{read_percpu_counter, LoadedProgram};
+use crate::loader::{read_percpu_counter, LoadedProgram, LOST_FOLDED, LOST_RING};
 use crate::metrics::Registry;
+use crate::sink::KernelSink;
 
 /// One running probe's kernel-side counters.
 pub struct KernelCounters {
     pub lost: MapHandle,
     pub programs: Vec<LoadedProgram>,
+    /// A probe that aggregates in the kernel: read at each scrape.
+    pub aggregate: Option<KernelSink>,
+    /// Its metrics' full names, for `series_dropped_total`.
+    pub metrics: Vec<String>,
 }
 
 pub struct Scraper {
@@ -30,6 +35,7 @@ pub struct Scraper {
 #[derive(Default)]
 struct Seen {
     lost: u64,
+    folded: u64,
     runs: HashMap<String, bpf_stats::RunStats>,
 }
 
@@ -71,13 +77,26 @@ impl Scraper {
     pub fn refresh(&self) {
         let mut probes = self.lock();
         let agent = &self.metrics.agent;
+        let now = Instant::now();
         for (probe, (counters, seen)) in probes.iter_mut() {
-            match read_percpu_counter(&counters.lost) {
+            match read_percpu_counter(&counters.lost, LOST_RING) {
                 Ok(lost) => {
                     agent.events_lost.with_label_values(&[probe]).inc_by(lost.saturating_sub(seen.lost));
                     seen.lost = seen.lost.max(lost);
                 }
                 Err(err) => tracing::warn!(probe, error = %err, "reading the lost-events counter failed"),
+            }
+            if let Some(aggregate) = &mut counters.aggregate {
+                if let Err(err) = aggregate.sync(now) {
+                    tracing::warn!(probe, error = %err, "reading the in-kernel counts failed");
+                }
+                // Events the full table counted in its overflow key.
+                if let Ok(folded) = read_percpu_counter(&counters.lost, LOST_FOLDED) {
+                    for metric in &counters.metrics {
+                        agent.series_dropped.with_label_values(&[metric]).inc_by(folded.saturating_sub(seen.folded));
+                    }
+                    seen.folded = seen.folded.max(folded);
+                }
             }
             if !self.bpf_stats {
                 continue;

@@ -4,10 +4,13 @@
 //! is rendered back into label values, from the header, the decoder or an
 //! enricher.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::decode::{decode, header_comm, DecodeError, Decoder, Header};
+use libbpf_rs::{MapCore, MapHandle};
+
+use crate::decode::{decode, header_comm, AggKey, DecodeError, Decoder, Header};
 use crate::enrich::Enricher;
 use crate::labels::{comm_key, render_comm_key};
 use crate::metrics::{
@@ -60,29 +63,28 @@ pub trait EnricherSource {
     fn enricher_for(&self, label: &str) -> Result<(Arc<dyn Enricher>, usize), String>;
 }
 
-/// One running probe's event path: records in, series out.
-pub struct ProbeSink {
-    decoder: Arc<dyn Decoder>,
+/// A configured probe's series and how its keys are made, shared by both
+/// transports.
+struct Series {
+    table: SeriesTable,
+    families: Arc<ProbeFamilies>,
     key_comm: bool,
     key_pid: bool,
     key_cgroup: bool,
-    table: SeriesTable,
     /// Told about each new cgroup id, so they resolve it while it exists.
     enrichers: Vec<Arc<dyn Enricher>>,
-    sweep_every: Option<Duration>,
-    next_sweep: Instant,
 }
 
-impl ProbeSink {
+impl Series {
     /// Sets up a configured probe's series and families, and registers the
     /// families (name clashes are refused there).
-    pub fn new(
+    fn new(
         settings: &ProbeSettings,
         decoder: Arc<dyn Decoder>,
         registry: &Registry,
         limits: Limits,
         enrichers: &dyn EnricherSource,
-    ) -> Result<(ProbeSink, Arc<ProbeFamilies>), SinkError> {
+    ) -> Result<Series, SinkError> {
         let spec = &settings.spec;
         let mut parts = Vec::new();
         let mut notify: Vec<Arc<dyn Enricher>> = Vec::new();
@@ -114,7 +116,7 @@ impl ProbeSink {
         let layout = Arc::new(Layout::new(&spec.metrics, &settings.buckets.bounds()));
         let table = SeriesTable::new(layout.clone(), limits, counters);
         let label_count = parts.len();
-        let plan = LabelPlan { parts, decoder: decoder.clone() };
+        let plan = LabelPlan { parts, decoder };
         let families = Arc::new(
             ProbeFamilies::new(
                 &spec.name,
@@ -130,18 +132,51 @@ impl ProbeSink {
             .map_err(MetricsError::from)?,
         );
         registry.add_probe(families.clone())?;
+        Ok(Series { table, families, key_comm, key_pid, key_cgroup, enrichers: notify })
+    }
+
+    /// The series key of a task's comm, cgroup and pid (each only if its
+    /// label is on) and the probe's part.
+    #[inline]
+    fn key(&self, comm: &[u8; 16], cgroup: u64, pid: u32, event: u64) -> Key {
+        Key {
+            comm: if self.key_comm { comm_key(comm) } else { 0 },
+            cgroup: if self.key_cgroup { cgroup } else { 0 },
+            event,
+            pid: if self.key_pid { pid } else { 0 },
+        }
+    }
+
+    fn notice(&self, key: &Key) {
+        for enricher in &self.enrichers {
+            enricher.notice(key.cgroup);
+        }
+    }
+}
+
+/// One running probe's event path: records in, series out.
+pub struct ProbeSink {
+    decoder: Arc<dyn Decoder>,
+    series: Series,
+    sweep_every: Option<Duration>,
+    next_sweep: Instant,
+}
+
+impl ProbeSink {
+    /// Sets up a configured probe's series and families, and registers the
+    /// families (name clashes are refused there).
+    pub fn new(
+        settings: &ProbeSettings,
+        decoder: Arc<dyn Decoder>,
+        registry: &Registry,
+        limits: Limits,
+        enrichers: &dyn EnricherSource,
+    ) -> Result<(ProbeSink, Arc<ProbeFamilies>), SinkError> {
+        let series = Series::new(settings, decoder.clone(), registry, limits, enrichers)?;
+        let families = series.families.clone();
         let sweep_every = limits.sweep_interval();
-        let sink = ProbeSink {
-            decoder,
-            key_comm,
-            key_pid,
-            key_cgroup,
-            table,
-            enrichers: notify,
-            sweep_every,
-            next_sweep: Instant::now() + sweep_every.unwrap_or_default(),
-        };
-        Ok((sink, families))
+        let next_sweep = Instant::now() + sweep_every.unwrap_or_default();
+        Ok((ProbeSink { decoder, series, sweep_every, next_sweep }, families))
     }
 }
 
@@ -150,16 +185,9 @@ impl Sink for ProbeSink {
     fn handle(&mut self, record: &[u8]) -> Result<(), DecodeError> {
         let header: &Header = decode(record)?;
         let decoded = self.decoder.decode(record)?;
-        let key = Key {
-            comm: if self.key_comm { comm_key(&header_comm(header)) } else { 0 },
-            cgroup: if self.key_cgroup { header.cgroup_id } else { 0 },
-            event: decoded.key,
-            pid: if self.key_pid { header.tgid } else { 0 },
-        };
-        if self.table.record(key, &decoded.values) {
-            for enricher in &self.enrichers {
-                enricher.notice(key.cgroup);
-            }
+        let key = self.series.key(&header_comm(header), header.cgroup_id, header.tgid, decoded.key);
+        if self.series.table.record(key, &decoded.values) {
+            self.series.notice(&key);
         }
         Ok(())
     }
@@ -167,8 +195,117 @@ impl Sink for ProbeSink {
     fn tick(&mut self, now: Instant) {
         let Some(every) = self.sweep_every else { return };
         if now >= self.next_sweep {
-            self.table.sweep(now);
+            self.series.table.sweep(now);
             self.next_sweep = now + every;
         }
     }
+}
+
+/// A probe that counts in the kernel: its per-CPU cells are read whole and
+/// merged into its series at each scrape.
+pub struct KernelSink {
+    series: Series,
+    map: MapHandle,
+    /// The kernel's keys of each series at the last read, to delete them
+    /// from the kernel when the series expires.
+    raw_keys: HashMap<Key, Vec<Vec<u8>>>,
+    /// Counts of the overflow key when its series last expired: the kernel
+    /// keeps counting into that key, so its series restarts from here.
+    overflow_base: Vec<u64>,
+}
+
+impl KernelSink {
+    pub fn new(
+        settings: &ProbeSettings,
+        decoder: Arc<dyn Decoder>,
+        registry: &Registry,
+        limits: Limits,
+        enrichers: &dyn EnricherSource,
+        map: MapHandle,
+    ) -> Result<KernelSink, SinkError> {
+        let series = Series::new(settings, decoder, registry, limits, enrichers)?;
+        Ok(KernelSink { series, map, raw_keys: HashMap::new(), overflow_base: Vec::new() })
+    }
+
+    /// Reads every key's cells from the kernel into the series, then
+    /// removes the series idle for the ttl (and their kernel keys).
+    pub fn sync(&mut self, now: Instant) -> Result<(), libbpf_rs::Error> {
+        let mut merged: HashMap<Key, Vec<u64>> = HashMap::new();
+        let mut raw_keys: HashMap<Key, Vec<Vec<u8>>> = HashMap::new();
+        let mut overflow = None;
+        for raw in self.map.keys() {
+            let Some(per_cpu) = self.map.lookup_percpu(&raw, libbpf_rs::MapFlags::ANY)? else { continue };
+            let cells = sum_cells(&per_cpu);
+            let mut kernel_key = AggKey::default();
+            if plain::copy_from_bytes(&mut kernel_key, &raw).is_err() {
+                continue;
+            }
+            if kernel_key.overflow != 0 {
+                overflow = Some(cells);
+                continue;
+            }
+            let comm = kernel_key.comm.map(|c| c as u8);
+            let key = self.series.key(&comm, kernel_key.cgroup_id, kernel_key.tgid, kernel_key.event);
+            // Keys that differ only in bytes the labels do not show (say,
+            // after a comm's NUL) are one series.
+            let sum = merged.entry(key).or_insert_with(|| vec![0; cells.len()]);
+            for (a, b) in sum.iter_mut().zip(&cells) {
+                *a = a.wrapping_add(*b);
+            }
+            raw_keys.entry(key).or_default().push(raw);
+        }
+        for (key, cells) in &merged {
+            if self.series.table.set(*key, cells) {
+                self.series.notice(key);
+            }
+        }
+        if let Some(cells) = overflow {
+            self.overflow_base.resize(cells.len(), 0);
+            let since: Vec<u64> = cells.iter().zip(&self.overflow_base).map(|(c, b)| c.saturating_sub(*b)).collect();
+            if since.iter().any(|&c| c != 0) {
+                self.series.table.set_overflow(&since);
+            }
+        }
+        self.raw_keys = raw_keys;
+        for expired in self.series.table.sweep(now) {
+            match expired {
+                Some(key) => {
+                    // An event counted between the read above and this
+                    // delete is lost with the key: only keys idle for the
+                    // whole ttl get here.
+                    for raw in self.raw_keys.remove(&key).unwrap_or_default() {
+                        let _ = self.map.delete(&raw);
+                    }
+                }
+                None => {
+                    if let Some(cells) = merged_overflow(&self.map) {
+                        self.overflow_base = cells;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sums per-CPU values of `u64` cells.
+fn sum_cells(per_cpu: &[Vec<u8>]) -> Vec<u64> {
+    let width = per_cpu.first().map_or(0, |v| v.len() / 8);
+    let mut cells = vec![0u64; width];
+    for cpu in per_cpu {
+        for (cell, chunk) in cells.iter_mut().zip(cpu.chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            *cell = cell.wrapping_add(u64::from_ne_bytes(bytes));
+        }
+    }
+    cells
+}
+
+/// The overflow key's cells, summed over CPUs.
+fn merged_overflow(map: &MapHandle) -> Option<Vec<u64>> {
+    let key = AggKey { overflow: 1, ..Default::default() };
+    // SAFETY: a plain C struct whose padding is spelled out as fields.
+    let raw = unsafe { plain::as_bytes(&key) };
+    map.lookup_percpu(raw, libbpf_rs::MapFlags::ANY).ok().flatten().map(|v| sum_cells(&v))
 }

@@ -116,7 +116,7 @@ impl Agent {
     /// Starts every configured probe. Ok(Some(signal)) when a termination
     /// request came in meanwhile.
     fn start(&mut self, control: &mpsc::Receiver<Control>, started: Instant) -> Result<Option<&'static str>> {
-        let ctx = LoadContext::new(self.config.ring_buffer.clone());
+        let ctx = LoadContext::new(self.config.ring_buffer.clone(), self.config.series_limit);
         for settings in self.config.probes.clone() {
             if let Some(signal) = terminate_requested(control) {
                 tracing::info!(signal, "terminating while probes were starting");
@@ -175,7 +175,7 @@ impl Agent {
         for (key, old, new) in restart_only(&self.config, &config) {
             tracing::warn!(key, old, new, "this setting takes effect at restart; the running value is kept");
         }
-        let ctx = LoadContext::new(config.ring_buffer.clone());
+        let ctx = LoadContext::new(config.ring_buffer.clone(), config.series_limit);
         let summary = self.running.apply(&config.probes, &ctx, limits(&config));
         let failed = self.running.failed();
         let agent = &self.running.registry().agent;
@@ -242,7 +242,7 @@ fn bind(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> Result<tokio::ne
 pub fn check_attach(config: &Config) -> Result<bool> {
     system::prepare()?;
     verifier_log::install();
-    let ctx = LoadContext::new(config.ring_buffer.clone());
+    let ctx = LoadContext::new(config.ring_buffer.clone(), config.series_limit);
     let registry = probes::Registry::builtin();
     let mut ok = true;
     for settings in &config.probes {

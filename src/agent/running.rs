@@ -15,7 +15,7 @@ use crate::metrics::{Limits, Registry};
 use crate::probes;
 use crate::ring::{Reader, Source};
 use crate::scrape::{KernelCounters, Scraper};
-use crate::sink::{EnricherSource, ProbeSink};
+use crate::sink::{EnricherSource, KernelSink, ProbeSink};
 use crate::spec::{Catalog, ProbeSettings};
 
 /// The outcome of loading one configured probe.
@@ -110,7 +110,7 @@ impl Running {
     /// Starts one probe, or records why it could not start.
     pub fn start(&mut self, settings: ProbeSettings, ctx: &LoadContext, limits: Limits) {
         let name = settings.name().to_string();
-        let fingerprint = Fingerprint { ring: ctx.ring_for(&settings.spec), settings, limits };
+        let fingerprint = Fingerprint { ring: ctx.ring_for(&settings), settings, limits };
         let registry = self.registry.clone();
         let agent = &registry.agent;
         let probe = match load_one(&self.probes_registry, &fingerprint.settings, ctx) {
@@ -139,7 +139,8 @@ impl Running {
         self.probes.insert(name, probe);
     }
 
-    /// Connects a loaded probe to the ring reader and the metrics.
+    /// Connects a loaded probe to the metrics, and to the ring reader or
+    /// (for a probe that aggregates in the kernel) to scrapes.
     fn wire(
         &mut self,
         settings: &ProbeSettings,
@@ -149,23 +150,34 @@ impl Running {
         let name = settings.name();
         let builtin = self.probes_registry.get(name).ok_or_else(|| format!("probe `{name}` is not registered"))?;
         let decoder = (builtin.decoder)(settings);
-        let (sink, _) = ProbeSink::new(settings, decoder, &self.registry, limits, &self.enrichers)
-            .map_err(|e| format!("setting up its metrics failed: {e}"))?;
-        let agent = &self.registry.agent;
-        let source = Source {
-            probe: name.to_string(),
-            ring: loaded.events,
-            sink: Box::new(sink),
-            received: agent.events_received.with_label_values(&[name]),
-            decode_errors: agent.decode_errors.with_label_values(&[name]),
+        let metrics: Vec<String> = settings.spec.metrics.iter().map(|m| self.registry.full_name(&m.name)).collect();
+        let registry = self.registry.clone();
+        let aggregate = match loaded.aggregates {
+            Some(map) => Some(
+                KernelSink::new(settings, decoder, &registry, limits, &self.enrichers, map)
+                    .map_err(|e| format!("setting up its metrics failed: {e}"))?,
+            ),
+            None => {
+                let (sink, _) = ProbeSink::new(settings, decoder, &registry, limits, &self.enrichers)
+                    .map_err(|e| format!("setting up its metrics failed: {e}"))?;
+                let agent = &registry.agent;
+                let source = Source {
+                    probe: name.to_string(),
+                    ring: loaded.events,
+                    sink: Box::new(sink),
+                    received: agent.events_received.with_label_values(&[name]),
+                    decode_errors: agent.decode_errors.with_label_values(&[name]),
+                };
+                let reader = self.reader.as_ref().ok_or("the ring reader has stopped")?;
+                if let Err(err) = reader.add(source) {
+                    registry.remove_probe(name);
+                    return Err(err.to_string());
+                }
+                None
+            }
         };
-        let reader = self.reader.as_ref().ok_or("the ring reader has stopped")?;
-        if let Err(err) = reader.add(source) {
-            self.registry.remove_probe(name);
-            return Err(err.to_string());
-        }
         let programs = loaded.programs.iter().map(|p| p.name.clone()).collect();
-        self.scraper.add(name, KernelCounters { lost: loaded.lost, programs: loaded.programs });
+        self.scraper.add(name, KernelCounters { lost: loaded.lost, programs: loaded.programs, aggregate, metrics });
         Ok((loaded.links, programs, loaded.hook.name()))
     }
 
@@ -175,12 +187,14 @@ impl Running {
         let running = probe.links.is_some();
         // Detach first, so nothing more arrives, then drain what is left.
         drop(probe.links);
-        if running {
+        if running && !probe.fingerprint.settings.aggregate {
             if let Some(reader) = &self.reader {
                 if let Err(err) = reader.remove(name) {
                     tracing::warn!(probe = name, error = %err, "removing the probe's ring failed");
                 }
             }
+        }
+        if running {
             self.scraper.remove(name);
         }
         self.registry.remove_probe(name);
@@ -202,7 +216,7 @@ impl Running {
             removed += 1;
         }
         for settings in wanted {
-            let fingerprint = Fingerprint { settings: settings.clone(), ring: ctx.ring_for(&settings.spec), limits };
+            let fingerprint = Fingerprint { settings: settings.clone(), ring: ctx.ring_for(settings), limits };
             match self.probes.get(settings.name()) {
                 Some(p) if p.fingerprint == fingerprint && p.failure.is_none() => {
                     kept += 1;

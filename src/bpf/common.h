@@ -41,13 +41,25 @@ struct {
 	__uint(max_entries, 256 * 1024); /* resized from config before load */
 } events SEC(".maps");
 
-/* Events the ring had no room for: received + lost == produced. */
+/* Slot LOST_RING: events the ring had no room for (received + lost ==
+ * produced). Slot LOST_FOLDED: aggregated events that found the aggregation
+ * table full and were counted in its overflow key instead. */
+#define LOST_RING 0
+#define LOST_FOLDED 1
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+static __always_inline void count_lost(__u32 slot)
+{
+	__u64 *count = bpf_map_lookup_elem(&lost, &slot);
+
+	if (count)
+		*count += 1; /* per-CPU slot: no atomics needed */
+}
 
 static __always_inline bool comm_equal(const char *a, const volatile char *b)
 {
@@ -100,13 +112,8 @@ static __always_inline void *event_reserve(__u64 size)
 {
 	void *e = bpf_ringbuf_reserve(&events, size, 0);
 
-	if (!e) {
-		__u32 zero = 0;
-		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
-
-		if (count)
-			*count += 1; /* per-CPU slot: no atomics needed */
-	}
+	if (!e)
+		count_lost(LOST_RING);
 	return e;
 }
 
@@ -165,3 +172,120 @@ static __always_inline void *event_start(__u64 size)
 /* A record type must start with `struct event_header hdr`. */
 #define start_event(type) ((type *)event_start(sizeof(type)))
 #define submit_event(e) event_submit((e), RECORD_BYTES(sizeof(*(e))))
+
+/* ---- In-kernel aggregation ----------------------------------------------
+ * For probes whose rate makes a ring record per event too costly: each
+ * event adds to per-CPU cells keyed like user space's series keys, and user
+ * space reads and merges them at scrape time. A key's cells are laid out as
+ * user space lays out a series: one cell per counter, and per histogram its
+ * buckets (+Inf last) then its sum. */
+
+#define AGG_MAX_BOUNDS 64
+#define AGG_MAX_CELLS (4 + 2 * (AGG_MAX_BOUNDS + 2))
+
+/* Set by user space: whether events are aggregated here rather than sent,
+ * which header fields key them, and the cells' layout. */
+const volatile bool aggregate = false;
+const volatile bool want_pid = false;
+const volatile bool want_cgroup = false;
+const volatile __u32 agg_cells = 1;
+const volatile __u32 hist_bound_count = 0;
+const volatile __u64 hist_bounds[AGG_MAX_BOUNDS] = {};
+
+struct agg_key {
+	__u64 cgroup_id;
+	__u64 event; /* the probe's part, as its user-space decoder makes it */
+	__u32 tgid;
+	__u32 overflow; /* 1 only in the key user space creates for a full table */
+	char comm[TASK_COMM_LEN];
+};
+
+const volatile struct agg_key agg_key_type = {};
+
+/* Value size (agg_cells * 8) and entries (the series limit, plus the
+ * overflow key) are set by user space before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct agg_key);
+	__uint(value_size, 8);
+} aggregates SEC(".maps");
+
+/* What a new key's cells start from. */
+static const __u64 agg_zero[AGG_MAX_CELLS] = {};
+
+/* Fills the key's common part for the current task, as the configured
+ * labels need it; false when the task is filtered out. */
+static __always_inline bool agg_key_start(struct agg_key *key, __u64 event)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (ignore_tgid && tgid == ignore_tgid)
+		return false;
+	if (filter_tgid && tgid != filter_tgid)
+		return false;
+	__builtin_memset(key, 0, sizeof(*key));
+	if (want_comm || filter_comm_count) {
+		bpf_get_current_comm(key->comm, TASK_COMM_LEN);
+		if (filter_comm_count && !comm_wanted(key->comm))
+			return false;
+		if (!want_comm)
+			__builtin_memset(key->comm, 0, TASK_COMM_LEN);
+	}
+	if (want_cgroup)
+		key->cgroup_id = bpf_get_current_cgroup_id();
+	if (want_pid)
+		key->tgid = tgid;
+	key->event = event;
+	return true;
+}
+
+/* The key's cells on this CPU, created on first use; when the table is
+ * full, the overflow key's (counted in LOST_FOLDED). */
+static __always_inline __u64 *agg_cells_of(struct agg_key *key)
+{
+	__u64 *cells = bpf_map_lookup_elem(&aggregates, key);
+
+	if (cells)
+		return cells;
+	bpf_map_update_elem(&aggregates, key, (void *)agg_zero, BPF_NOEXIST);
+	cells = bpf_map_lookup_elem(&aggregates, key);
+	if (cells)
+		return cells;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->overflow = 1;
+	count_lost(LOST_FOLDED);
+	return bpf_map_lookup_elem(&aggregates, key);
+}
+
+static __always_inline void agg_add(__u64 *cells, __u32 at, __u64 n)
+{
+	if (at < agg_cells && at < AGG_MAX_CELLS)
+		cells[at] += n; /* per-CPU cells: no atomics needed */
+}
+
+/* The first bucket whose bound is at least v (hist_bound_count: +Inf). */
+static __always_inline __u32 agg_bucket(__u64 v)
+{
+	__u32 lo = 0, hi = hist_bound_count;
+
+	for (int i = 0; i < 8 && lo < hi; i++) {
+		__u32 mid = (lo + hi) / 2;
+
+		if (mid >= AGG_MAX_BOUNDS)
+			break;
+		if (hist_bounds[mid] < v)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Observes v in the histogram whose first cell is `at`. */
+static __always_inline void agg_observe(__u64 *cells, __u32 at, __u64 v)
+{
+	agg_add(cells, at + agg_bucket(v), 1);
+	agg_add(cells, at + hist_bound_count + 1, v);
+}

@@ -44,6 +44,8 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
 	struct entry *entry;
+	struct event *e;
+	__u64 duration_ns;
 
 	/* Other processes never have an entry; with a pid filter, skip the
 	 * storage lookup for them. */
@@ -52,14 +54,27 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
 	if (!entry || !entry->ts)
 		return 0;
-	struct event *e = start_event(struct event);
+	duration_ns = bpf_ktime_get_ns() - entry->ts;
+	entry->ts = 0;
+	if (aggregate) {
+		struct agg_key key;
+		__u64 *cells;
 
+		if (!agg_key_start(&key, entry->nr))
+			return 0;
+		cells = agg_cells_of(&key);
+		if (cells) {
+			agg_add(cells, 0, 1);
+			agg_observe(cells, 1, duration_ns);
+		}
+		return 0;
+	}
+	e = start_event(struct event);
 	if (e) {
-		e->duration_ns = bpf_ktime_get_ns() - entry->ts;
+		e->duration_ns = duration_ns;
 		e->nr = entry->nr;
 		submit_event(e);
 	}
-	entry->ts = 0;
 	return 0;
 }
 

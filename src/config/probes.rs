@@ -116,6 +116,7 @@ impl<'de> Visitor<'de> for Settings {
                 "filter" => config.filter = map.next_value_seed(FilterSeed)?,
                 "buckets" => config.buckets = map.next_value_seed(BucketsSeed)?,
                 "hook" => config.hook = map.next_value_seed(Hook { spec })?,
+                "aggregate" => config.aggregate = map.next_value()?,
                 _ => unreachable!("SettingKey only yields keys listed in settings_keys"),
             }
         }
@@ -124,7 +125,8 @@ impl<'de> Visitor<'de> for Settings {
 }
 
 /// The keys a probe's settings accept: every probe takes labels and filter;
-/// histogram probes take buckets; probes with alternative hooks take hook.
+/// histogram probes take buckets; probes with alternative hooks take hook;
+/// probes that can aggregate in the kernel take aggregate.
 fn settings_keys(spec: &ProbeSpec) -> Vec<&'static str> {
     let mut keys = vec!["labels", "filter"];
     if spec.has_histogram() {
@@ -132,6 +134,9 @@ fn settings_keys(spec: &ProbeSpec) -> Vec<&'static str> {
     }
     if spec.hooks.len() > 1 {
         keys.push("hook");
+    }
+    if spec.kernel_aggregation {
+        keys.push("aggregate");
     }
     keys
 }

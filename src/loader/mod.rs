@@ -12,7 +12,8 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapHandle, OpenObject};
 
 use crate::config::{RingBufferConfig, RingSize, MAX_COMM_FILTERS};
-use crate::spec::{Filter, HookChoice, HookKind, HookSpec, ProbeSettings};
+use crate::metrics::Layout;
+use crate::spec::{Filter, HookChoice, HookKind, HookSpec, LabelSource, ProbeSettings};
 
 /// What every load needs besides the probe's own config.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,16 +23,34 @@ pub struct LoadContext {
     pub cpus: usize,
     /// The agent's own process, whose events are never produced.
     pub self_tgid: u32,
+    /// Keys an in-kernel aggregation table holds (the series limit).
+    pub aggregate_keys: u32,
 }
 
+/// Keys an aggregation table holds at most, whatever the series limit:
+/// its memory is keys × CPUs × cells, allocated as keys appear.
+pub const MAX_AGGREGATE_KEYS: u32 = 65_536;
+
+/// The ring of a probe that aggregates in the kernel: unused, so the least
+/// the kernel accepts.
+const IDLE_RING: RingSize = RingSize { size_bytes: 4096, wakeup_bytes: 0 };
+
 impl LoadContext {
-    pub fn new(ring: RingBufferConfig) -> Self {
-        LoadContext { ring, cpus: libbpf_rs::num_possible_cpus().unwrap_or(1), self_tgid: std::process::id() }
+    pub fn new(ring: RingBufferConfig, series_limit: usize) -> Self {
+        LoadContext {
+            ring,
+            cpus: libbpf_rs::num_possible_cpus().unwrap_or(1),
+            self_tgid: std::process::id(),
+            aggregate_keys: u32::try_from(series_limit).unwrap_or(u32::MAX).min(MAX_AGGREGATE_KEYS),
+        }
     }
 
     /// The ring a probe gets on this machine.
-    pub fn ring_for(&self, spec: &crate::spec::ProbeSpec) -> RingSize {
-        self.ring.for_probe(spec.ring_bytes_per_cpu, self.cpus)
+    pub fn ring_for(&self, settings: &ProbeSettings) -> RingSize {
+        if settings.aggregate {
+            return IDLE_RING;
+        }
+        self.ring.for_probe(settings.spec.ring_bytes_per_cpu, self.cpus)
     }
 }
 
@@ -42,6 +61,8 @@ pub struct Loaded {
     pub links: Vec<Link>,
     pub events: MapHandle,
     pub lost: MapHandle,
+    /// The in-kernel aggregation table, when the probe aggregates.
+    pub aggregates: Option<MapHandle>,
     pub programs: Vec<LoadedProgram>,
 }
 
@@ -155,7 +176,18 @@ pub struct CommonRodata {
     pub filter_comms: [[i8; 16]; MAX_COMM_FILTERS],
     pub wakeup_bytes: u64,
     pub want_comm: bool,
+    pub want_pid: bool,
+    pub want_cgroup: bool,
+    pub aggregate: bool,
+    /// Cells per aggregation key.
+    pub agg_cells: u32,
+    pub hist_bound_count: u32,
+    pub hist_bounds: [u64; AGG_MAX_BOUNDS],
 }
+
+/// Histogram bounds an aggregating program has room for (`AGG_MAX_BOUNDS`
+/// in common.h).
+pub const AGG_MAX_BOUNDS: usize = 64;
 
 impl CommonRodata {
     pub fn new(settings: &ProbeSettings, ctx: &LoadContext, ring: RingSize) -> Self {
@@ -167,6 +199,13 @@ impl CommonRodata {
                 *dst = src as i8;
             }
         }
+        let layout = Layout::new(&settings.spec.metrics, &settings.buckets.bounds());
+        let raw_bounds = layout.histogram_bounds().unwrap_or(&[]);
+        let mut hist_bounds = [0u64; AGG_MAX_BOUNDS];
+        for (dst, src) in hist_bounds.iter_mut().zip(raw_bounds) {
+            *dst = *src;
+        }
+        let cgroup = settings.labels.iter().any(|l| settings.spec.label(l).is_some_and(|l| l.source == LabelSource::Cgroup));
         Self {
             filter_tgid: filter.pid.unwrap_or(0),
             ignore_tgid: ctx.self_tgid,
@@ -174,6 +213,12 @@ impl CommonRodata {
             filter_comms,
             wakeup_bytes: u64::from(ring.wakeup_bytes),
             want_comm: settings.has_label("comm"),
+            want_pid: settings.has_label("pid"),
+            want_cgroup: cgroup,
+            aggregate: settings.aggregate,
+            agg_cells: layout.width() as u32,
+            hist_bound_count: raw_bounds.len().min(AGG_MAX_BOUNDS) as u32,
+            hist_bounds,
         }
     }
 }
@@ -193,9 +238,14 @@ macro_rules! skeleton_loader {
             ctx: &$crate::loader::LoadContext,
         ) -> Result<$crate::loader::Loaded, $crate::loader::LoadError> {
             let mut storage = std::mem::MaybeUninit::uninit();
-            let ring = ctx.ring_for(&settings.spec);
+            let ring = ctx.ring_for(settings);
             let common = $crate::loader::CommonRodata::new(settings, ctx, ring);
-            $crate::loader::load_skeleton(<$builder>::default(), &mut storage, hook, ring, |skel| {
+            let table = common.aggregate.then_some($crate::loader::AggregateTable {
+                keys: ctx.aggregate_keys,
+                cells: common.agg_cells,
+                cpus: ctx.cpus,
+            });
+            $crate::loader::load_skeleton(<$builder>::default(), &mut storage, hook, ring, table, |skel| {
                 let $rodata = skel
                     .maps
                     .rodata_data
@@ -207,6 +257,12 @@ macro_rules! skeleton_loader {
                 $rodata.filter_comms = common.filter_comms;
                 $rodata.wakeup_bytes = common.wakeup_bytes;
                 $rodata.want_comm = common.want_comm;
+                $rodata.want_pid = common.want_pid;
+                $rodata.want_cgroup = common.want_cgroup;
+                $rodata.aggregate = common.aggregate;
+                $rodata.agg_cells = common.agg_cells;
+                $rodata.hist_bound_count = common.hist_bound_count;
+                $rodata.hist_bounds = common.hist_bounds;
                 let $settings = settings;
                 $extra
                 Ok(())
@@ -216,13 +272,26 @@ macro_rules! skeleton_loader {
 }
 pub(crate) use skeleton_loader;
 
-/// Opens the skeleton, lets the probe set its `.rodata`, sizes the ring,
-/// keeps only `hook`'s programs, loads, and attaches each program.
+/// The size of a probe's in-kernel aggregation table.
+#[derive(Debug, Clone, Copy)]
+pub struct AggregateTable {
+    /// Keys, not counting the overflow key.
+    pub keys: u32,
+    /// Cells (u64) per key.
+    pub cells: u32,
+    /// Possible CPUs: a per-CPU table holds one value per CPU.
+    pub cpus: usize,
+}
+
+/// Opens the skeleton, lets the probe set its `.rodata`, sizes the ring
+/// and the aggregation table, keeps only `hook`'s programs, loads, and
+/// attaches each program.
 pub fn load_skeleton<'obj, B, F>(
     builder: B,
     storage: &'obj mut MaybeUninit<OpenObject>,
     hook: &HookSpec,
     ring: RingSize,
+    table: Option<AggregateTable>,
     set_rodata: F,
 ) -> Result<Loaded, LoadError>
 where
@@ -238,6 +307,11 @@ where
         if map.name() == "events" {
             map.set_max_entries(ring.size_bytes).map_err(LoadError::Open)?;
             sized = true;
+        }
+        if let (Some(table), "aggregates") = (table, map.name().to_str().unwrap_or_default()) {
+            map.set_value_size(table.cells * 8).map_err(LoadError::Open)?;
+            // one more for the overflow key
+            map.set_max_entries(table.keys + 1).map_err(LoadError::Open)?;
         }
     }
     if !sized {
@@ -279,12 +353,34 @@ where
     };
     let events = handle("events")?;
     let lost = handle("lost")?;
-    Ok(Loaded { hook: hook.kind, links, events, lost, programs })
+    let aggregates = match table {
+        Some(table) => {
+            let map = handle("aggregates")?;
+            insert_overflow_key(&map, table).map_err(LoadError::Open)?;
+            Some(map)
+        }
+        None => None,
+    };
+    Ok(Loaded { hook: hook.kind, links, events, lost, aggregates, programs })
 }
 
-/// Sum of a per-CPU `u64` counter map's slot 0.
-pub fn read_percpu_counter(map: &MapHandle) -> Result<u64, libbpf_rs::Error> {
-    let values = map.lookup_percpu(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)?;
+/// The key a full aggregation table counts into: created here, before any
+/// event, so that it always exists and totals stay exact.
+fn insert_overflow_key(map: &MapHandle, table: AggregateTable) -> Result<(), libbpf_rs::Error> {
+    let key = crate::decode::AggKey { overflow: 1, ..Default::default() };
+    // SAFETY: a plain C struct whose padding is spelled out as fields.
+    let key = unsafe { plain::as_bytes(&key) };
+    let zeros = vec![vec![0u8; table.cells as usize * 8]; table.cpus];
+    map.update_percpu(key, &zeros, libbpf_rs::MapFlags::ANY)
+}
+
+/// Slots of the `lost` map (see common.h).
+pub const LOST_RING: u32 = 0;
+pub const LOST_FOLDED: u32 = 1;
+
+/// Sum over CPUs of a per-CPU `u64` counter map's slot.
+pub fn read_percpu_counter(map: &MapHandle, slot: u32) -> Result<u64, libbpf_rs::Error> {
+    let values = map.lookup_percpu(&slot.to_ne_bytes(), libbpf_rs::MapFlags::ANY)?;
     Ok(values
         .unwrap_or_default()
         .iter()

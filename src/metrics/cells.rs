@@ -74,6 +74,20 @@ impl Layout {
         Layout { metrics, width }
     }
 
+    /// Cells per series.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The first histogram's bounds in observed units (an aggregating BPF
+    /// program buckets with them).
+    pub fn histogram_bounds(&self) -> Option<&[u64]> {
+        self.metrics.iter().find_map(|m| match m {
+            MetricCells::Histogram(h) => Some(&*h.bounds),
+            MetricCells::Counter { .. } => None,
+        })
+    }
+
     pub fn cells(&self) -> Cells {
         (0..self.width).map(|_| AtomicU64::new(0)).collect()
     }

@@ -185,6 +185,42 @@ impl SeriesTable {
         new
     }
 
+    /// Sets `key`'s cells to `cells`: for counts kept in the kernel, read
+    /// whole at each scrape. Returns true for a new series. The caller is
+    /// the table's only writer, as the ring reader is for `record`.
+    pub fn set(&mut self, key: Key, cells: &[u64]) -> bool {
+        let (slot, new) = match self.index.get(&key) {
+            Some(&slot) => (slot, false),
+            None => {
+                self.live += 1;
+                (self.add(key, false), true)
+            }
+        };
+        self.store(slot, cells);
+        new
+    }
+
+    /// Sets the overflow series' cells (kept in the kernel too).
+    pub fn set_overflow(&mut self, cells: &[u64]) {
+        let slot = match self.overflow {
+            Some(slot) => slot,
+            None => {
+                let slot = self.add(Key::default(), true);
+                self.overflow = Some(slot);
+                slot
+            }
+        };
+        self.store(slot, cells);
+    }
+
+    fn store(&self, slot: u32, cells: &[u64]) {
+        if let Some(s) = &self.slots[slot as usize] {
+            for (cell, &v) in s.entry.cells.iter().zip(cells) {
+                cell.store(v, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
     fn add(&mut self, key: Key, overflow: bool) -> u32 {
         let entry = Arc::new(Entry { key, overflow, cells: self.layout.cells(), rendered: OnceLock::new() });
         let slot = Slot { entry: entry.clone(), activity: 0, idle_since: Instant::now() };
@@ -205,10 +241,11 @@ impl SeriesTable {
         index
     }
 
-    /// Removes series idle for the ttl. Called by the reader thread every
+    /// Removes series idle for the ttl, and returns the keys removed (the
+    /// overflow series' as `None`). Called by the table's writer every
     /// `Limits::sweep_interval`.
-    pub fn sweep(&mut self, now: Instant) {
-        let Some(ttl) = self.limits.ttl else { return };
+    pub fn sweep(&mut self, now: Instant) -> Vec<Option<Key>> {
+        let Some(ttl) = self.limits.ttl else { return Vec::new() };
         let mut expired = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
@@ -221,15 +258,18 @@ impl SeriesTable {
             }
         }
         if expired.is_empty() {
-            return;
+            return Vec::new();
         }
+        let mut keys = Vec::with_capacity(expired.len());
         for &i in &expired {
             let Some(s) = self.slots[i as usize].take() else { continue };
             if s.entry.overflow {
                 self.overflow = None;
+                keys.push(None);
             } else {
                 self.index.remove(&s.entry.key);
                 self.live -= 1;
+                keys.push(Some(s.entry.key));
             }
             self.published.set(i, None);
             self.free.push(i);
@@ -242,6 +282,7 @@ impl SeriesTable {
         if self.index.len() > self.live {
             self.index.retain(|_, slot| self.slots[*slot as usize].as_ref().is_some_and(|s| !s.entry.overflow));
         }
+        keys
     }
 
     /// Series of their own (not counting overflow).

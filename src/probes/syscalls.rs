@@ -29,6 +29,7 @@ fn spec() -> ProbeSpec {
         .metric(MetricSpec::counter("syscalls_total", "System calls completed."))
         .metric(MetricSpec::histogram("syscall_duration_seconds", Unit::Seconds, "System call latency."))
         .ring_bytes_per_cpu(512 << 10)
+        .aggregated_in_kernel()
 }
 
 crate::loader::skeleton_loader!(SyscallsSkelBuilder);

@@ -135,6 +135,9 @@ pub struct ProbeSpec {
     /// Ring buffer room per CPU at the probe's expected event rate, for
     /// rings sized automatically (`ring_buffer.size_bytes` unset).
     pub ring_bytes_per_cpu: u32,
+    /// Whether its programs can aggregate in the kernel instead of sending
+    /// a record per event (and do so by default).
+    pub kernel_aggregation: bool,
 }
 
 impl ProbeSpec {
@@ -151,6 +154,7 @@ impl ProbeSpec {
             labels,
             default_labels: default_labels.iter().map(|l| l.to_string()).collect(),
             ring_bytes_per_cpu: 16 << 10,
+            kernel_aggregation: false,
         }
     }
 
@@ -166,6 +170,12 @@ impl ProbeSpec {
 
     pub fn ring_bytes_per_cpu(mut self, bytes: u32) -> Self {
         self.ring_bytes_per_cpu = bytes;
+        self
+    }
+
+    /// Aggregates in the kernel by default (see `ProbeSettings::aggregate`).
+    pub fn aggregated_in_kernel(mut self) -> Self {
+        self.kernel_aggregation = true;
         self
     }
 

@@ -13,11 +13,15 @@ pub struct ProbeSettings {
     pub filter: Filter,
     pub buckets: Buckets,
     pub hook: HookChoice,
+    /// Count in the kernel and read the counts at scrape time, rather than
+    /// send a ring buffer record per event.
+    pub aggregate: bool,
 }
 
 impl ProbeSettings {
     pub fn defaults(spec: Arc<ProbeSpec>) -> Self {
         Self {
+            aggregate: spec.kernel_aggregation,
             labels: spec.default_labels.clone(),
             spec,
             filter: Filter::default(),
