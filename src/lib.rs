@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bpf_stats;
 pub mod config;
+pub mod enrich;
 pub mod events;
 pub mod http;
 pub mod loader;

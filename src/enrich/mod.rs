@@ -1,0 +1,26 @@
+//! Label values derived from the cgroup id that every event header carries.
+//!
+//! The ring reader thread only tells an enricher which ids it has seen (`notice`, never blocking);
+//! the work of turning an id into text (walking a filesystem, reading a container runtime's state)
+//! happens on the enricher's own thread or at scrape time (`resolve`). Enrichers for containers and
+//! pods key on the same id and plug into the same trait.
+
+pub mod cgroup;
+mod mountinfo;
+
+use std::sync::Arc;
+
+pub use cgroup::{CgroupEnricher, CgroupError};
+
+/// Turns a cgroup id into label values. Implementations are shared between the ring reader thread
+/// (which only calls `notice`, and must never block) and scrapes (which call `resolve`).
+pub trait Enricher: Send + Sync {
+    /// The label names it provides, in order (e.g. ["cgroup"]).
+    fn labels(&self) -> &[&'static str];
+    /// A new cgroup id was seen on the event path: resolve it soon, while the cgroup still exists.
+    /// Must return at once (a bounded queue; when full the id is dropped and resolved at scrape).
+    fn notice(&self, cgroup_id: u64);
+    /// The label values for the id, in `labels()` order, or None when it cannot be known (the cgroup is
+    /// gone or unreadable). May block briefly (called at scrape time, off the event path).
+    fn resolve(&self, cgroup_id: u64) -> Option<Arc<[String]>>;
+}
