@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use libbpf_rs::{MapCore, MapHandle};
 
 use crate::decode::{decode, header_comm, AggKey, DecodeError, Decoder, Header};
-use crate::enrich::Enricher;
+use crate::enrich::{Enricher, Resolution};
 use crate::labels::{comm_key, render_comm_key};
 use crate::metrics::{
     Key, Layout, Limits, MetricsError, ProbeFamilies, Registry, RenderLabels, SeriesTable, TableCounters,
@@ -33,18 +33,20 @@ struct LabelPlan {
 }
 
 impl RenderLabels for LabelPlan {
-    fn values(&self, key: &Key) -> Vec<String> {
+    fn values(&self, key: &Key) -> Option<Vec<String>> {
         self.parts
             .iter()
             .map(|part| match part {
-                LabelPart::Comm => render_comm_key(key.comm),
-                LabelPart::Pid => key.pid.to_string(),
-                LabelPart::Event(label) => self.decoder.label(label, key.event),
-                // Unknown (a cgroup gone before it could be resolved):
-                // empty, which Prometheus reads as no label at all.
-                LabelPart::Enriched { enricher, index } => {
-                    enricher.resolve(key.cgroup).and_then(|values| values.get(*index).cloned()).unwrap_or_default()
-                }
+                LabelPart::Comm => Some(render_comm_key(key.comm)),
+                LabelPart::Pid => Some(key.pid.to_string()),
+                LabelPart::Event(label) => Some(self.decoder.label(label, key.event)),
+                LabelPart::Enriched { enricher, index } => match enricher.resolve(key.cgroup) {
+                    Resolution::Known(values) => Some(values.get(*index).cloned().unwrap_or_default()),
+                    // A cgroup gone before it could be resolved: empty,
+                    // which Prometheus reads as no label at all.
+                    Resolution::Gone => Some(String::new()),
+                    Resolution::Pending => None,
+                },
             })
             .collect()
     }

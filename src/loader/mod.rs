@@ -205,7 +205,8 @@ impl CommonRodata {
         for (dst, src) in hist_bounds.iter_mut().zip(raw_bounds) {
             *dst = *src;
         }
-        let cgroup = settings.labels.iter().any(|l| settings.spec.label(l).is_some_and(|l| l.source == LabelSource::Cgroup));
+        let cgroup =
+            settings.labels.iter().any(|l| settings.spec.label(l).is_some_and(|l| l.source == LabelSource::Cgroup));
         Self {
             filter_tgid: filter.pid.unwrap_or(0),
             ignore_tgid: ctx.self_tgid,

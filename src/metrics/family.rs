@@ -13,9 +13,10 @@ use crate::labels::OVERFLOW;
 use crate::spec::{MetricKind, MetricSpec};
 
 /// Renders a key's label values, one per label name of the family, in
-/// order.
+/// order; None while a value is not known yet (an enricher still resolving
+/// it): the series is left out of this scrape and rendered at the next.
 pub trait RenderLabels: Send + Sync {
-    fn values(&self, key: &Key) -> Vec<String>;
+    fn values(&self, key: &Key) -> Option<Vec<String>>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,8 +141,21 @@ impl ProbeFamilies {
         if grouping.generation == Some(generation) {
             return;
         }
-        let mut rendered: Vec<(Arc<str>, Arc<Entry>)> =
-            entries.into_iter().map(|e| (e.rendered.get_or_init(|| self.render_entry(&e)).clone(), e)).collect();
+        let mut complete = true;
+        let mut rendered: Vec<(Arc<str>, Arc<Entry>)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let labels = match entry.rendered.get() {
+                Some(labels) => labels.clone(),
+                None => match self.render_entry(&entry) {
+                    Some(labels) => entry.rendered.get_or_init(|| labels).clone(),
+                    None => {
+                        complete = false;
+                        continue;
+                    }
+                },
+            };
+            rendered.push((labels, entry));
+        }
         rendered.sort_by(|a, b| a.0.cmp(&b.0));
         let mut groups: Vec<(Arc<str>, Vec<Arc<Entry>>)> = Vec::with_capacity(rendered.len());
         for (labels, entry) in rendered {
@@ -150,14 +164,15 @@ impl ProbeFamilies {
                 _ => groups.push((labels, vec![entry])),
             }
         }
-        *grouping = Grouping { generation: Some(generation), groups };
+        // With a series left out, group again at the next scrape.
+        *grouping = Grouping { generation: complete.then_some(generation), groups };
     }
 
-    fn render_entry(&self, entry: &Entry) -> Arc<str> {
+    fn render_entry(&self, entry: &Entry) -> Option<Arc<str>> {
         let values = if entry.overflow {
             vec![OVERFLOW.to_string(); self.label_names.len()]
         } else {
-            self.render.values(&entry.key)
+            self.render.values(&entry.key)?
         };
         let mut out = String::new();
         for (name, value) in self.label_names.iter().zip(&values) {
@@ -172,7 +187,7 @@ impl ProbeFamilies {
             }
             out.push_str(&self.const_labels);
         }
-        out.into()
+        Some(out.into())
     }
 }
 
@@ -199,11 +214,12 @@ mod tests {
     /// as an enricher might (two cgroups that are both gone).
     struct ByEvent;
     impl RenderLabels for ByEvent {
-        fn values(&self, key: &Key) -> Vec<String> {
-            vec![match key.event {
-                1 | 2 => "same".to_string(),
-                n => format!("k{n}"),
-            }]
+        fn values(&self, key: &Key) -> Option<Vec<String>> {
+            match key.event {
+                9 => None,
+                1 | 2 => Some(vec!["same".to_string()]),
+                n => Some(vec![format!("k{n}")]),
+            }
         }
     }
 
@@ -246,6 +262,19 @@ mod tests {
              c_total{k=\"k3\",node=\"n\\\"1\"} 1\n\
              c_total{k=\"same\",node=\"n\\\"1\"} 3\n"
         );
+    }
+
+    #[test]
+    fn series_not_yet_known_wait_for_a_later_scrape() {
+        let (mut t, f) = setup(10);
+        t.record(Key { event: 9, ..Key::default() }, &[1]);
+        t.record(Key { event: 3, ..Key::default() }, &[1]);
+        let out = encode(&f);
+        assert!(out.contains("k=\"k3\"") && !out.contains("k9"), "{out}");
+        let mut grouping = f.grouping.lock().expect("lock");
+        assert_eq!(grouping.generation, None, "grouped again at the next scrape");
+        f.regroup(&mut grouping);
+        assert_eq!(grouping.groups.len(), 1);
     }
 
     #[test]

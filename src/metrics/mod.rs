@@ -130,8 +130,8 @@ mod tests {
 
     struct NoLabels;
     impl RenderLabels for NoLabels {
-        fn values(&self, _: &Key) -> Vec<String> {
-            Vec::new()
+        fn values(&self, _: &Key) -> Option<Vec<String>> {
+            Some(Vec::new())
         }
     }
 
