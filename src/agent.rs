@@ -89,7 +89,7 @@ pub fn run(config: Config) -> Result<()> {
     // (even the moment /healthz turns ready) detaches cleanly.
     let signals = runtime.block_on(async { Signals::install() })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server = runtime.spawn(http::serve(listener, scraper.clone(), shutdown_rx));
+    let server = runtime.spawn(http::serve(listener, scraper.clone(), http::Limits::default(), shutdown_rx));
     tracing::info!(listen = %config.listen, "serving /metrics");
 
     let ctx = load_context(&config);
@@ -151,6 +151,20 @@ pub fn run(config: Config) -> Result<()> {
     runtime.shutdown_timeout(Duration::from_millis(200));
     tracing::info!("all probes detached");
     Ok(())
+}
+
+impl http::Endpoints for Scraper {
+    fn metrics(&self) -> Result<String, String> {
+        self.render().map_err(|err| err.to_string())
+    }
+
+    fn ready(&self) -> bool {
+        self.is_ready()
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        Err("reload is not supported yet".into())
+    }
 }
 
 fn bind(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> Result<tokio::net::TcpListener> {

@@ -56,9 +56,32 @@ impl Agent {
     /// other top-level keys; `listen` is added) and waits until /healthz
     /// says every probe is attached or reported failed.
     pub fn start(yaml: &str, extra_args: &[&str]) -> Agent {
+        Agent::spawn(yaml, extra_args, Command::new(sonde_bin()))
+    }
+
+    /// Like `start`, with the agent's RLIMIT_NOFILE (soft and hard) at
+    /// `nofile`, as a service manager would set it.
+    pub fn start_with_nofile(yaml: &str, extra_args: &[&str], nofile: u64) -> Agent {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(sonde_bin());
+        let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Agent::spawn(yaml, extra_args, command)
+    }
+
+    fn spawn(yaml: &str, extra_args: &[&str], mut command: Command) -> Agent {
         let port = free_port();
         let config = ConfigFile::new(&format!("listen: \"127.0.0.1:{port}\"\n{yaml}"));
-        let child = Command::new(sonde_bin())
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config.path)

@@ -13,6 +13,7 @@
 //! unsupported instead.
 
 mod agent;
+mod http;
 mod kernel;
 mod lifecycle;
 mod probes;
@@ -32,6 +33,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(probes::trials());
     trials.extend(lifecycle::trials());
+    trials.extend(http::trials());
     let trials = trials.into_iter().map(|t| if root { t } else { t.with_ignored_flag(true) }).collect::<Vec<Trial>>();
     if !root {
         eprintln!(
