@@ -228,13 +228,25 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// Pending connections the kernel queues for accept: std's 128 overflows
+/// under a burst of connects (say, many scrapers at once, or a flood the
+/// connection cap is there to absorb), and each overflow costs a client a
+/// SYN retry of a second or more.
+const LISTEN_BACKLOG: u32 = 1024;
+
 fn bind(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     let _guard = runtime.enter();
-    let std_listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
-    std_listener.set_nonblocking(true)?;
-    let local = std_listener.local_addr()?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .context("creating the listening socket")?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).with_context(|| format!("listening on {addr}"))?;
+    let listener = socket.listen(LISTEN_BACKLOG).with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
     tracing::info!(listen = %local, "serving /metrics");
-    Ok(tokio::net::TcpListener::from_std(std_listener)?)
+    Ok(listener)
 }
 
 /// `sonde check --attach`: load and attach every probe, report, detach.

@@ -69,7 +69,31 @@ impl Agent {
     /// other top-level keys; `listen` is added) and waits until /healthz
     /// says every probe is attached or reported failed.
     pub fn start(yaml: &str, extra_args: &[&str]) -> Agent {
-        let mut agent = Agent::spawn(yaml, extra_args);
+        Agent::spawn(yaml, extra_args).ready()
+    }
+
+    /// Like `start`, with the agent's RLIMIT_NOFILE (soft and hard) at
+    /// `nofile`, as a service manager would set it.
+    pub fn start_with_nofile(yaml: &str, extra_args: &[&str], nofile: u64) -> Agent {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(sonde_bin());
+        let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Agent::spawn_with(yaml, extra_args, command).ready()
+    }
+
+    /// Waits until /healthz says every probe is attached or reported failed.
+    fn ready(self) -> Agent {
+        let mut agent = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((200, _)) = agent.get("/healthz") {
@@ -85,9 +109,13 @@ impl Agent {
 
     /// Starts the agent like `start`, without waiting for it to be ready.
     pub fn spawn(yaml: &str, extra_args: &[&str]) -> Agent {
+        Agent::spawn_with(yaml, extra_args, Command::new(sonde_bin()))
+    }
+
+    fn spawn_with(yaml: &str, extra_args: &[&str], mut command: Command) -> Agent {
         let port = free_port();
         let config = ConfigFile::new(&format!("{}{yaml}", listen_line(port)));
-        let child = Command::new(sonde_bin())
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config.path)

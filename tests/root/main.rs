@@ -14,6 +14,7 @@
 
 mod agent;
 mod foundation;
+mod http;
 mod kernel;
 mod lifecycle;
 mod probes;
@@ -34,6 +35,7 @@ fn main() {
     trials.extend(probes::trials());
     trials.extend(lifecycle::trials());
     trials.extend(foundation::trials());
+    trials.extend(http::trials());
     let trials = trials.into_iter().map(|t| if root { t } else { t.with_ignored_flag(true) }).collect::<Vec<Trial>>();
     if !root {
         eprintln!(
