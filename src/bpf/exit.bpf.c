@@ -25,15 +25,22 @@ struct {
 	__type(value, __u8);
 } reported SEC(".maps");
 
+/* The tracepoint's record since 6.16, which says whether the exiting thread
+ * ended its group. Declared here (CO-RE matches it by name without the
+ * ___ suffix) because older kernels' headers use a shared template. */
+struct trace_event_raw_sched_process_exit___group_dead {
+	bool group_dead;
+} __attribute__((preserve_access_index));
+
 /* Whether this thread's exit is its process's exit, exactly once. */
-static __always_inline bool group_exit(struct trace_event_raw_sched_process_exit *ctx, struct task_struct *task)
+static __always_inline bool group_exit(void *ctx, struct task_struct *task)
 {
+	struct trace_event_raw_sched_process_exit___group_dead *record = ctx;
 	struct exit_key key = {};
 	__u8 one = 1;
 
-	/* Since 6.16 the tracepoint says whether this thread ended the group. */
-	if (bpf_core_field_exists(ctx->group_dead))
-		return ctx->group_dead;
+	if (bpf_core_field_exists(record->group_dead))
+		return record->group_dead;
 	/* Before that, signal->live reaches zero when the last thread starts
 	 * exiting; but threads dying together can all see zero by the time
 	 * they reach the tracepoint, so the first to claim the process wins. */
@@ -45,7 +52,7 @@ static __always_inline bool group_exit(struct trace_event_raw_sched_process_exit
 }
 
 SEC("tracepoint/sched/sched_process_exit")
-int handle_exit(struct trace_event_raw_sched_process_exit *ctx)
+int handle_exit(void *ctx)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct event *e;
