@@ -13,6 +13,8 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("file_open_counts_enoent_by_comm", file_open_enoent),
         Trial::test("syscalls_count_and_time_by_name", syscalls_by_name),
         Trial::test("syscalls_without_comm_filtered_by_pid", syscalls_by_pid),
+        Trial::test("syscalls_ring_mode_counts_by_name", syscalls_ring_mode),
+        Trial::test("syscalls_in_kernel_fold_past_the_limit_exactly", syscalls_kernel_overflow),
         Trial::test("filter_keeps_only_the_configured_comm", comm_filter),
         Trial::test("series_limit_folds_into_overflow", series_limit),
     ];
@@ -127,6 +129,78 @@ fn syscalls_by_pid() -> Result<(), Failed> {
     let metrics = agent.scrape();
     check("histogram count", metrics.value("sonde_syscall_duration_seconds_count", &labels), 29.0)?;
     check("decode errors", metrics.value("sonde_decode_errors_total", &[("probe", "syscalls")]), 0.0)
+}
+
+/// `aggregate: false` sends a ring buffer record per call instead of
+/// counting in the kernel: the same counts, and events received.
+fn syscalls_ring_mode() -> Result<(), Failed> {
+    let comm = workload::unique_comm("sr");
+    let agent = Agent::start(
+        &format!(
+            "probes:\n  syscalls:\n    aggregate: false\n    labels: [syscall, comm]\n    filter: {{comm: [{comm}]}}\n"
+        ),
+        &[],
+    );
+    workload::on_named_thread(&comm, || workload::getppid_calls(43));
+    let labels = [("syscall", "getppid"), ("comm", comm.as_str())];
+    check(
+        "sonde_syscalls_total{syscall=getppid}",
+        agent.settle(43.0, |m| m.value("sonde_syscalls_total", &labels)),
+        43.0,
+    )?;
+    let metrics = agent.scrape();
+    check("histogram count", metrics.value("sonde_syscall_duration_seconds_count", &labels), 43.0)?;
+    let received = metrics.value("sonde_events_received_total", &[("probe", "syscalls")]);
+    let counted: f64 = metrics.series("sonde_syscalls_total").iter().map(|(_, v)| v).sum();
+    check("every record received was counted", counted, received)
+}
+
+/// Counted in the kernel with room for two label sets: the third syscall's
+/// calls land in the overflow key, and the totals stay exact.
+fn syscalls_kernel_overflow() -> Result<(), Failed> {
+    let comm = workload::unique_comm("so");
+    let agent = Agent::start(
+        &format!("series_limit: 2\nprobes:\n  syscalls:\n    labels: [syscall]\n    filter: {{comm: [{comm}]}}\n"),
+        &[],
+    );
+    // The thread's own start-up makes a few calls of other syscalls; the
+    // test counts only what it adds beyond them.
+    let total = |m: &crate::agent::Metrics| -> f64 { m.series("sonde_syscalls_total").iter().map(|(_, v)| v).sum() };
+    let before = total(&agent.scrape());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::Builder::new().name(comm.clone()).spawn(move || {
+        while rx.recv().is_ok() {
+            workload::getppid_calls(50);
+            // SAFETY: getpid and getuid cannot fail.
+            for _ in 0..20 {
+                unsafe { libc::getpid() };
+                unsafe { libc::getuid() };
+            }
+            let _ = done_tx.send(());
+        }
+    })?;
+    tx.send(())?;
+    done_rx.recv()?;
+    drop(tx);
+    let _ = worker.join();
+    let after = agent.settle(before + 90.0, |m| total(m));
+    let metrics = agent.scrape();
+    let series = metrics.series("sonde_syscalls_total");
+    check("label sets (two of their own, and overflow)", series.len() as f64, 3.0)?;
+    let overflow = metrics.value("sonde_syscalls_total", &[("syscall", "overflow")]);
+    if overflow < 1.0 {
+        return Err(format!("the overflow series holds {overflow}: {series:?}").into());
+    }
+    let dropped = metrics.value("sonde_series_dropped_total", &[("metric", "sonde_syscalls_total")]);
+    if dropped < 1.0 {
+        return Err(format!("series_dropped_total is {dropped}").into());
+    }
+    // Every call the thread made is counted somewhere: exact totals.
+    if after < before + 90.0 {
+        return Err(format!("counted {after} after {before}, want at least {} more", 90).into());
+    }
+    Ok(())
 }
 
 /// With a comm filter, other processes' events are never produced.
