@@ -150,6 +150,7 @@ fn list_probes() -> anyhow::Result<ExitCode> {
         for hook in &spec.hooks {
             let targets: Vec<&str> = hook.programs.iter().map(|p| p.target.as_str()).collect();
             println!("  hook     {:<15} {}", hook.kind.name(), targets.join(", "));
+            println!("           cost: {}", hook.cost().describe());
         }
         for metric in &spec.metrics {
             let kind = match metric.kind {

@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
-/* file_open: openat() calls with their result and latency, entry and exit
- * paired by thread id. */
+/* file_open: file opens with their result and latency, entry and exit
+ * paired by thread id. Three hook sets carry the same logic, in order of
+ * cost: fentry/fexit and kprobes on do_sys_openat2 (the kernel function
+ * behind open, openat, openat2 and creat) run only when a file is opened;
+ * the openat syscall tracepoints, the fallback, put every system call of
+ * every task on the kernel's slower syscall path while attached. User space
+ * loads exactly one set. */
 #include "common.h"
 
 struct event {
@@ -19,8 +24,7 @@ struct {
 	__type(value, __u64);
 } start SEC(".maps");
 
-SEC("tracepoint/syscalls/sys_enter_openat")
-int handle_openat_enter(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int open_enter(void)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u64 ts;
@@ -32,8 +36,7 @@ int handle_openat_enter(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_openat")
-int handle_openat_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int open_exit(long ret)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct event *e;
@@ -45,11 +48,47 @@ int handle_openat_exit(struct trace_event_raw_sys_exit *ctx)
 	e = start_event(struct event);
 	if (e) {
 		e->duration_ns = bpf_ktime_get_ns() - *ts;
-		e->ret = (__s32)ctx->ret;
+		e->ret = (__s32)ret;
 		submit_event(e);
 	}
 	bpf_map_delete_elem(&start, &tid);
 	return 0;
+}
+
+SEC("fentry/do_sys_openat2")
+int BPF_PROG(fentry_openat2)
+{
+	return open_enter();
+}
+
+SEC("fexit/do_sys_openat2")
+int BPF_PROG(fexit_openat2, int dfd, const char *filename, struct open_how *how, long ret)
+{
+	return open_exit(ret);
+}
+
+SEC("kprobe/do_sys_openat2")
+int BPF_KPROBE(kprobe_openat2)
+{
+	return open_enter();
+}
+
+SEC("kretprobe/do_sys_openat2")
+int BPF_KRETPROBE(kretprobe_openat2, long ret)
+{
+	return open_exit(ret);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int handle_openat_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return open_enter();
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int handle_openat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return open_exit(ctx->ret);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,4 +1,4 @@
-//! `file_open`: openat() calls by process name and result, with latency.
+//! `file_open`: file opens by process name and result, with latency.
 
 use std::sync::Arc;
 
@@ -17,14 +17,22 @@ unsafe impl plain::Plain for types::event {}
 pub const PROBE: Builtin = Builtin { spec, load, decoder };
 
 fn spec() -> ProbeSpec {
-    let summary = "openat() calls by process name and result (`ok` or the errno name), with latency.";
+    let summary = "File opens by process name and result (`ok` or the errno name), with latency.";
     ProbeSpec::new("file_open", summary, &["result"], &["comm", "result"])
+        .hook(HookSpec::new(
+            HookKind::Fentry,
+            &[("fentry_openat2", "do_sys_openat2 (fentry)"), ("fexit_openat2", "do_sys_openat2 (fexit)")],
+        ))
+        .hook(HookSpec::new(
+            HookKind::Kprobe,
+            &[("kprobe_openat2", "do_sys_openat2"), ("kretprobe_openat2", "do_sys_openat2 (return)")],
+        ))
         .hook(HookSpec::new(
             HookKind::Tracepoint,
             &[("handle_openat_enter", "syscalls/sys_enter_openat"), ("handle_openat_exit", "syscalls/sys_exit_openat")],
         ))
-        .metric(MetricSpec::counter("file_open_total", "openat() calls."))
-        .metric(MetricSpec::histogram("file_open_duration_seconds", Unit::Seconds, "openat() latency."))
+        .metric(MetricSpec::counter("file_open_total", "File opens (open, openat, openat2, creat)."))
+        .metric(MetricSpec::histogram("file_open_duration_seconds", Unit::Seconds, "File open latency."))
         .ring_bytes_per_cpu(128 << 10)
 }
 

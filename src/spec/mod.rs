@@ -44,7 +44,39 @@ pub struct HookSpec {
     pub programs: Vec<ProgramSpec>,
 }
 
+/// What a hook costs the traced system, as measured (docs/probes.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookCost {
+    /// Runs only when the hooked event happens.
+    PerEvent,
+    /// A system call tracepoint: while it is attached, every system call of
+    /// every task takes the kernel's slower syscall path (about 260–400 ns
+    /// a call on the benchmark machine), whatever the program does.
+    SyscallSlowPath,
+}
+
+impl HookCost {
+    pub fn describe(self) -> &'static str {
+        match self {
+            HookCost::PerEvent => "per event: runs only when the hooked event happens",
+            HookCost::SyscallSlowPath => "syscall slow path: every system call of every task pays while attached",
+        }
+    }
+}
+
 impl HookSpec {
+    /// Syscall tracepoints (`syscalls/*`, `raw_syscalls/*`, as tracepoints
+    /// or BTF raw tracepoints) set the syscall-trace flag on every task.
+    pub fn cost(&self) -> HookCost {
+        let syscall_tracepoint = matches!(self.kind, HookKind::Tracepoint | HookKind::BtfTracepoint)
+            && self.programs.iter().any(|p| p.target.starts_with("syscalls/") || p.target.starts_with("raw_syscalls/"));
+        if syscall_tracepoint {
+            HookCost::SyscallSlowPath
+        } else {
+            HookCost::PerEvent
+        }
+    }
+
     /// `programs`: (BPF program name, hook point) pairs.
     pub fn new(kind: HookKind, programs: &[(&str, &str)]) -> Self {
         let programs =

@@ -134,7 +134,14 @@ fn probes_command() -> Result<(), Failed> {
         expect(stdout.contains(&format!("{probe}: ")), format!("{probe} missing from: {stdout}"))?;
     }
     expect(stdout.contains("supported, via tracepoint"), format!("stdout: {stdout}"))?;
-    let vfs_io = if kernel::has_kprobes() { "supported, via kprobe" } else { "unsupported: kprobe:" };
+    expect(stdout.contains("cost: syscall slow path"), format!("syscall tracepoints say their cost: {stdout}"))?;
+    let vfs_io = if kernel::expects_fentry() {
+        "supported, via fentry"
+    } else if kernel::has_kprobes() {
+        "supported, via kprobe"
+    } else {
+        "unsupported: fentry:"
+    };
     expect(stdout.contains(vfs_io), format!("vfs_io should be `{vfs_io}…`: {stdout}"))
 }
 

@@ -10,7 +10,8 @@ pub fn trials() -> Vec<Trial> {
     let mut trials = vec![
         Trial::test("exec_and_exit_count_a_unique_comm", exec_and_exit),
         Trial::test("exit_reports_the_fatal_signal", exit_by_signal),
-        Trial::test("file_open_counts_enoent_by_comm", file_open_enoent),
+        Trial::test("file_open_counts_enoent_by_comm_on_the_cheapest_hook", || file_open_enoent(None)),
+        Trial::test("file_open_tracepoint_fallback_counts_enoent", || file_open_enoent(Some("tracepoint"))),
         Trial::test("syscalls_count_and_time_by_name", syscalls_by_name),
         Trial::test("syscalls_without_comm_filtered_by_pid", syscalls_by_pid),
         Trial::test("syscalls_ring_mode_counts_by_name", syscalls_ring_mode),
@@ -21,6 +22,7 @@ pub fn trials() -> Vec<Trial> {
     // Each hook either works here and is proven, or is proven to be
     // reported unsupported: nothing is skipped.
     if kernel::has_kprobes() {
+        trials.push(Trial::test("file_open_kprobe_counts_enoent", || file_open_enoent(Some("kprobe"))));
         trials.push(Trial::test("vfs_io_kprobe_counts_calls_and_bytes", || vfs_io_counts("kprobe")));
     } else {
         trials.push(Trial::test("vfs_io_kprobe_reported_unsupported", || vfs_io_unsupported("kprobe")));
@@ -75,9 +77,29 @@ fn exit_by_signal() -> Result<(), Failed> {
     check("sonde_exit_total{signal=SIGKILL}", killed, 6.0)
 }
 
-fn file_open_enoent() -> Result<(), Failed> {
+/// The hook `hook: auto` should pick on this kernel for probes hooking a
+/// kernel function, with a syscall tracepoint as the last resort.
+fn expected_function_hook() -> &'static str {
+    if kernel::expects_fentry() {
+        "fentry"
+    } else if kernel::has_kprobes() {
+        "kprobe"
+    } else {
+        "tracepoint"
+    }
+}
+
+/// `hook`: None for `auto`, which must pick the cheapest hook this kernel has.
+fn file_open_enoent(hook: Option<&'static str>) -> Result<(), Failed> {
     let comm = workload::unique_comm("op");
-    let agent = Agent::start("probes:\n  file_open: {}\n", &[]);
+    let setting = hook.map(|h| format!("\n    hook: {h}")).unwrap_or_else(|| " {}".into());
+    let agent = Agent::start(&format!("probes:\n  file_open:{setting}\n"), &[]);
+    let used = hook.unwrap_or_else(expected_function_hook);
+    check(
+        &format!("sonde_probe_up{{probe=file_open,hook={used}}}"),
+        agent.scrape().value("sonde_probe_up", &[("probe", "file_open"), ("hook", used)]),
+        1.0,
+    )?;
     let missing = std::env::temp_dir().join(format!("sonde-missing-{comm}"));
     workload::on_named_thread(&comm, move || workload::open_missing(&missing, 17));
     let labels = [("comm", comm.as_str()), ("result", "ENOENT")];
@@ -94,7 +116,7 @@ fn file_open_enoent() -> Result<(), Failed> {
         metrics.value("sonde_file_open_total", &[("comm", &comm), ("result", "ok")]),
         0.0,
     )?;
-    matrix("file_open", "tracepoint", "ok");
+    matrix("file_open", used, "ok");
     Ok(())
 }
 
