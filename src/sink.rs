@@ -4,9 +4,11 @@
 //! is rendered back into label values, from the header, the decoder or an
 //! enricher.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use std::os::fd::{AsFd, AsRawFd};
 
 use libbpf_rs::{MapCore, MapHandle};
 
@@ -208,12 +210,26 @@ impl Sink for ProbeSink {
 pub struct KernelSink {
     series: Series,
     map: MapHandle,
+    /// The directly indexed cells, when events are keyed by a small number.
+    direct: Option<DirectArray>,
     /// The kernel's keys of each series at the last read, to delete them
     /// from the kernel when the series expires.
     raw_keys: HashMap<Key, Vec<Vec<u8>>>,
-    /// Counts of the overflow key when its series last expired: the kernel
-    /// keeps counting into that key, so its series restarts from here.
-    overflow_base: Vec<u64>,
+    /// Totals, at the last read, of entries the kernel cannot delete (the
+    /// overflow key, the direct array): when such a series expires, it
+    /// restarts from these (None: the overflow series).
+    undeletable: HashMap<Option<Key>, Vec<u64>>,
+    baselines: HashMap<Option<Key>, Vec<u64>>,
+    /// Keys counted in the overflow series by user space, each counted
+    /// once in `series_dropped_total`.
+    folded: HashSet<Key>,
+}
+
+struct DirectArray {
+    map: MapHandle,
+    entries: u32,
+    cells: usize,
+    cpus: usize,
 }
 
 impl KernelSink {
@@ -224,9 +240,24 @@ impl KernelSink {
         limits: Limits,
         enrichers: &dyn EnricherSource,
         map: MapHandle,
+        direct: Option<MapHandle>,
     ) -> Result<KernelSink, SinkError> {
         let series = Series::new(settings, decoder, registry, limits, enrichers)?;
-        Ok(KernelSink { series, map, raw_keys: HashMap::new(), overflow_base: Vec::new() })
+        let direct = direct.map(|map| {
+            let info = map.info().ok();
+            let entries = info.as_ref().map_or(0, |i| i.info.max_entries);
+            let cells = info.as_ref().map_or(0, |i| i.info.value_size as usize / 8);
+            DirectArray { map, entries, cells, cpus: libbpf_rs::num_possible_cpus().unwrap_or(1) }
+        });
+        Ok(KernelSink {
+            series,
+            map,
+            direct,
+            raw_keys: HashMap::new(),
+            undeletable: HashMap::new(),
+            baselines: HashMap::new(),
+            folded: HashSet::new(),
+        })
     }
 
     /// Reads every key's cells from the kernel into the series, then
@@ -234,7 +265,7 @@ impl KernelSink {
     pub fn sync(&mut self, now: Instant) -> Result<(), libbpf_rs::Error> {
         let mut merged: HashMap<Key, Vec<u64>> = HashMap::new();
         let mut raw_keys: HashMap<Key, Vec<Vec<u8>>> = HashMap::new();
-        let mut overflow = None;
+        self.undeletable.clear();
         for raw in self.map.keys() {
             let Some(per_cpu) = self.map.lookup_percpu(&raw, libbpf_rs::MapFlags::ANY)? else { continue };
             let cells = sum_cells(&per_cpu);
@@ -243,50 +274,130 @@ impl KernelSink {
                 continue;
             }
             if kernel_key.overflow != 0 {
-                overflow = Some(cells);
+                self.undeletable.insert(None, cells);
                 continue;
             }
             let comm = kernel_key.comm.map(|c| c as u8);
             let key = self.series.key(&comm, kernel_key.cgroup_id, kernel_key.tgid, kernel_key.event);
             // Keys that differ only in bytes the labels do not show (say,
             // after a comm's NUL) are one series.
-            let sum = merged.entry(key).or_insert_with(|| vec![0; cells.len()]);
-            for (a, b) in sum.iter_mut().zip(&cells) {
-                *a = a.wrapping_add(*b);
-            }
+            add_into(merged.entry(key).or_insert_with(|| vec![0; cells.len()]), &cells);
             raw_keys.entry(key).or_default().push(raw);
         }
-        for (key, cells) in &merged {
-            if self.series.table.set(*key, cells) {
-                self.series.notice(key);
+        if let Some(direct) = &self.direct {
+            for (event, cells) in direct.read()? {
+                let key = Key { event, ..Key::default() };
+                let since = self.since_baseline(Some(key), &cells);
+                self.undeletable.insert(Some(key), cells);
+                if let Some(since) = since {
+                    add_into(merged.entry(key).or_insert_with(|| vec![0; since.len()]), &since);
+                }
             }
         }
-        if let Some(cells) = overflow {
-            self.overflow_base.resize(cells.len(), 0);
-            let since: Vec<u64> = cells.iter().zip(&self.overflow_base).map(|(c, b)| c.saturating_sub(*b)).collect();
-            if since.iter().any(|&c| c != 0) {
-                self.series.table.set_overflow(&since);
+        // The kernel's overflow key, plus keys past the series limit that
+        // the kernel could not fold itself (direct entries).
+        let mut overflow = self.undeletable.get(&None).and_then(|cells| self.since_baseline(None, cells));
+        let mut keys: Vec<&Key> = merged.keys().collect();
+        keys.sort_by_key(|k| (k.event, k.cgroup, k.pid, k.comm));
+        for key in keys {
+            let cells = &merged[key];
+            if self.series.table.has(key) || !self.series.table.is_full() {
+                if self.series.table.set(*key, cells) {
+                    self.series.notice(key);
+                }
+                continue;
             }
+            if self.folded.insert(*key) {
+                self.series.table.count_dropped();
+            }
+            add_into(overflow.get_or_insert_with(|| vec![0; cells.len()]), cells);
+        }
+        if let Some(cells) = overflow {
+            self.series.table.set_overflow(&cells);
         }
         self.raw_keys = raw_keys;
         for expired in self.series.table.sweep(now) {
-            match expired {
-                Some(key) => {
-                    // An event counted between the read above and this
-                    // delete is lost with the key: only keys idle for the
-                    // whole ttl get here.
-                    for raw in self.raw_keys.remove(&key).unwrap_or_default() {
-                        let _ = self.map.delete(&raw);
-                    }
-                }
-                None => {
-                    if let Some(cells) = merged_overflow(&self.map) {
-                        self.overflow_base = cells;
+            if expired.is_none() {
+                // Folded keys went idle with the overflow series: they
+                // restart from here, like it.
+                for key in self.folded.drain() {
+                    if let Some(cells) = self.undeletable.get(&Some(key)) {
+                        self.baselines.insert(Some(key), cells.clone());
                     }
                 }
             }
+            if let Some(cells) = self.undeletable.get(&expired) {
+                self.baselines.insert(expired, cells.clone());
+                continue;
+            }
+            // An event counted between the read above and this delete is
+            // lost with the key: only keys idle for the whole ttl get here.
+            for raw in expired.and_then(|key| self.raw_keys.remove(&key)).unwrap_or_default() {
+                let _ = self.map.delete(&raw);
+            }
         }
         Ok(())
+    }
+
+    /// What an undeletable entry counted since its series last expired;
+    /// None if nothing.
+    fn since_baseline(&self, key: Option<Key>, cells: &[u64]) -> Option<Vec<u64>> {
+        let since: Vec<u64> = match self.baselines.get(&key) {
+            Some(base) => cells.iter().zip(base).map(|(c, b)| c.saturating_sub(*b)).collect(),
+            None => cells.to_vec(),
+        };
+        since.iter().any(|&c| c != 0).then_some(since)
+    }
+}
+
+impl DirectArray {
+    /// Every entry with a count, as (index, cells summed over CPUs), read
+    /// with one batch lookup.
+    fn read(&self) -> Result<Vec<(u64, Vec<u64>)>, libbpf_rs::Error> {
+        let n = self.entries as usize;
+        let mut keys = vec![0u32; n];
+        let mut values = vec![0u64; n * self.cpus * self.cells];
+        let mut count = self.entries;
+        let mut out_batch = 0u32;
+        let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: the buffers hold `count` keys and `count` per-CPU values
+        // of `cells` u64s for each possible CPU, as the kernel writes them.
+        let rc = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                self.map.as_fd().as_raw_fd(),
+                std::ptr::null_mut(),
+                (&mut out_batch as *mut u32).cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        // ENOENT: the whole array was read in this batch.
+        if rc < 0 && rc != -libc::ENOENT {
+            return Err(libbpf_rs::Error::from(std::io::Error::from_raw_os_error(-rc)));
+        }
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().take(count as usize).enumerate() {
+            let mut cells = vec![0u64; self.cells];
+            for cpu in 0..self.cpus {
+                let at = (i * self.cpus + cpu) * self.cells;
+                add_into(&mut cells, &values[at..at + self.cells]);
+            }
+            if cells.iter().any(|&c| c != 0) {
+                out.push((u64::from(*key), cells));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn add_into(sum: &mut [u64], cells: &[u64]) {
+    for (a, b) in sum.iter_mut().zip(cells) {
+        *a = a.wrapping_add(*b);
     }
 }
 
@@ -302,12 +413,4 @@ fn sum_cells(per_cpu: &[Vec<u8>]) -> Vec<u64> {
         }
     }
     cells
-}
-
-/// The overflow key's cells, summed over CPUs.
-fn merged_overflow(map: &MapHandle) -> Option<Vec<u64>> {
-    let key = AggKey { overflow: 1, ..Default::default() };
-    // SAFETY: a plain C struct whose padding is spelled out as fields.
-    let raw = unsafe { plain::as_bytes(&key) };
-    map.lookup_percpu(raw, libbpf_rs::MapFlags::ANY).ok().flatten().map(|v| sum_cells(&v))
 }

@@ -20,7 +20,7 @@ use crate::spec::{Catalog, ProbeSettings};
 
 /// The outcome of loading one configured probe.
 pub enum Outcome {
-    Attached(Loaded),
+    Attached(Box<Loaded>),
     Failed(ProbeFailure),
 }
 
@@ -31,7 +31,7 @@ pub fn load_one(registry: &probes::Registry, settings: &ProbeSettings, ctx: &Loa
     match loader::load_probe(builtin.load, settings, ctx) {
         Ok(loaded) => {
             tracing::info!(probe = name, hook = loaded.hook.name(), "probe attached");
-            Outcome::Attached(loaded)
+            Outcome::Attached(Box::new(loaded))
         }
         Err(failure) => {
             tracing::warn!(probe = name, reason = %failure, "probe unavailable");
@@ -114,7 +114,7 @@ impl Running {
         let registry = self.registry.clone();
         let agent = &registry.agent;
         let probe = match load_one(&self.probes_registry, &fingerprint.settings, ctx) {
-            Outcome::Attached(loaded) => match self.wire(&fingerprint.settings, loaded, limits) {
+            Outcome::Attached(loaded) => match self.wire(&fingerprint.settings, *loaded, limits) {
                 Ok((links, programs, hook)) => {
                     agent.probe_up.with_label_values(&[&name, hook]).set(1);
                     Probe { fingerprint, links: Some(links), programs, failure: None }
@@ -154,7 +154,7 @@ impl Running {
         let registry = self.registry.clone();
         let aggregate = match loaded.aggregates {
             Some(map) => Some(
-                KernelSink::new(settings, decoder, &registry, limits, &self.enrichers, map)
+                KernelSink::new(settings, decoder, &registry, limits, &self.enrichers, map, loaded.direct)
                     .map_err(|e| format!("setting up its metrics failed: {e}"))?,
             ),
             None => {

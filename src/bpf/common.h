@@ -188,6 +188,9 @@ static __always_inline void *event_start(__u64 size)
 const volatile bool aggregate = false;
 const volatile bool want_pid = false;
 const volatile bool want_cgroup = false;
+/* Whether one of the probe's own labels is on: if not, the probe's part of
+ * the key is 0, so that labels that are off do not split series. */
+const volatile bool want_event = true;
 const volatile __u32 agg_cells = 1;
 const volatile __u32 hist_bound_count = 0;
 const volatile __u64 hist_bounds[AGG_MAX_BOUNDS] = {};
@@ -211,6 +214,35 @@ struct {
 	__type(key, struct agg_key);
 	__uint(value_size, 8);
 } aggregates SEC(".maps");
+
+/* Events keyed by nothing but a small number (say, the syscall number when
+ * no comm, pid or cgroup label is on) skip the hash: their cells are
+ * entry `event` of this per-CPU array, sized (agg_direct_keys entries of
+ * agg_cells cells) by user space, which sets agg_direct_keys to 0 when
+ * task labels key the series. */
+const volatile __u32 agg_direct_keys = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__uint(value_size, 8);
+} agg_direct SEC(".maps");
+
+/* The cells of a directly indexed event, or NULL when events are not
+ * directly indexed (or this one is out of the array's range). The caller
+ * has applied the filters. */
+static __always_inline __u64 *agg_direct_cells(__u64 event)
+{
+	__u32 index;
+
+	if (!want_event)
+		event = 0;
+	index = event;
+	if (event >= agg_direct_keys)
+		return NULL;
+	return bpf_map_lookup_elem(&agg_direct, &index);
+}
 
 /* What a new key's cells start from. */
 static const __u64 agg_zero[AGG_MAX_CELLS] = {};
@@ -237,7 +269,7 @@ static __always_inline bool agg_key_start(struct agg_key *key, __u64 event)
 		key->cgroup_id = bpf_get_current_cgroup_id();
 	if (want_pid)
 		key->tgid = tgid;
-	key->event = event;
+	key->event = want_event ? event : 0;
 	return true;
 }
 

@@ -57,12 +57,15 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	duration_ns = bpf_ktime_get_ns() - entry->ts;
 	entry->ts = 0;
 	if (aggregate) {
+		/* sys_enter applied the filters: only wanted tasks have an entry */
+		__u64 *cells = agg_direct_cells(entry->nr);
 		struct agg_key key;
-		__u64 *cells;
 
-		if (!agg_key_start(&key, entry->nr))
-			return 0;
-		cells = agg_cells_of(&key);
+		if (!cells) {
+			if (!agg_key_start(&key, entry->nr))
+				return 0;
+			cells = agg_cells_of(&key);
+		}
 		if (cells) {
 			agg_add(cells, 0, 1);
 			agg_observe(cells, 1, duration_ns);

@@ -63,6 +63,9 @@ pub struct Loaded {
     pub lost: MapHandle,
     /// The in-kernel aggregation table, when the probe aggregates.
     pub aggregates: Option<MapHandle>,
+    /// The directly indexed cells, when the probe aggregates by a small
+    /// event number only.
+    pub direct: Option<MapHandle>,
     pub programs: Vec<LoadedProgram>,
 }
 
@@ -178,7 +181,10 @@ pub struct CommonRodata {
     pub want_comm: bool,
     pub want_pid: bool,
     pub want_cgroup: bool,
+    pub want_event: bool,
     pub aggregate: bool,
+    /// Events below this are counted in the direct array (0: none are).
+    pub agg_direct_keys: u32,
     /// Cells per aggregation key.
     pub agg_cells: u32,
     pub hist_bound_count: u32,
@@ -205,8 +211,11 @@ impl CommonRodata {
         for (dst, src) in hist_bounds.iter_mut().zip(raw_bounds) {
             *dst = *src;
         }
-        let cgroup =
-            settings.labels.iter().any(|l| settings.spec.label(l).is_some_and(|l| l.source == LabelSource::Cgroup));
+        let source_on = |source: LabelSource| {
+            settings.labels.iter().any(|l| settings.spec.label(l).is_some_and(|l| l.source == source))
+        };
+        let cgroup = source_on(LabelSource::Cgroup);
+        let task_labels = cgroup || source_on(LabelSource::Header);
         Self {
             filter_tgid: filter.pid.unwrap_or(0),
             ignore_tgid: ctx.self_tgid,
@@ -216,7 +225,9 @@ impl CommonRodata {
             want_comm: settings.has_label("comm"),
             want_pid: settings.has_label("pid"),
             want_cgroup: cgroup,
+            want_event: source_on(LabelSource::Event),
             aggregate: settings.aggregate,
+            agg_direct_keys: if settings.aggregate && !task_labels { settings.spec.direct_event_keys } else { 0 },
             agg_cells: layout.width() as u32,
             hist_bound_count: raw_bounds.len().min(AGG_MAX_BOUNDS) as u32,
             hist_bounds,
@@ -245,6 +256,7 @@ macro_rules! skeleton_loader {
                 keys: ctx.aggregate_keys,
                 cells: common.agg_cells,
                 cpus: ctx.cpus,
+                direct_keys: common.agg_direct_keys,
             });
             $crate::loader::load_skeleton(<$builder>::default(), &mut storage, hook, ring, table, |skel| {
                 let $rodata = skel
@@ -260,6 +272,8 @@ macro_rules! skeleton_loader {
                 $rodata.want_comm = common.want_comm;
                 $rodata.want_pid = common.want_pid;
                 $rodata.want_cgroup = common.want_cgroup;
+                $rodata.want_event = common.want_event;
+                $rodata.agg_direct_keys = common.agg_direct_keys;
                 $rodata.aggregate = common.aggregate;
                 $rodata.agg_cells = common.agg_cells;
                 $rodata.hist_bound_count = common.hist_bound_count;
@@ -282,6 +296,8 @@ pub struct AggregateTable {
     pub cells: u32,
     /// Possible CPUs: a per-CPU table holds one value per CPU.
     pub cpus: usize,
+    /// Entries of the direct array (0: not used).
+    pub direct_keys: u32,
 }
 
 /// Opens the skeleton, lets the probe set its `.rodata`, sizes the ring
@@ -313,6 +329,12 @@ where
             map.set_value_size(table.cells * 8).map_err(LoadError::Open)?;
             // one more for the overflow key
             map.set_max_entries(table.keys + 1).map_err(LoadError::Open)?;
+        }
+        if let (Some(table), "agg_direct") = (table, map.name().to_str().unwrap_or_default()) {
+            if table.direct_keys > 0 {
+                map.set_value_size(table.cells * 8).map_err(LoadError::Open)?;
+                map.set_max_entries(table.direct_keys).map_err(LoadError::Open)?;
+            }
         }
     }
     if !sized {
@@ -362,7 +384,11 @@ where
         }
         None => None,
     };
-    Ok(Loaded { hook: hook.kind, links, events, lost, aggregates, programs })
+    let direct = match table {
+        Some(table) if table.direct_keys > 0 => Some(handle("agg_direct")?),
+        _ => None,
+    };
+    Ok(Loaded { hook: hook.kind, links, events, lost, aggregates, direct, programs })
 }
 
 /// The key a full aggregation table counts into: created here, before any

@@ -200,6 +200,23 @@ impl SeriesTable {
         new
     }
 
+    /// Whether `key` has a series of its own.
+    pub fn has(&self, key: &Key) -> bool {
+        self.index.get(key).and_then(|&slot| self.slots[slot as usize].as_ref()).is_some_and(|s| !s.entry.overflow)
+    }
+
+    /// Whether a new key would be folded into the overflow series.
+    pub fn is_full(&self) -> bool {
+        self.live >= self.limits.series
+    }
+
+    /// Counts one more label set folded into the overflow series.
+    pub fn count_dropped(&self) {
+        for d in &self.counters.dropped {
+            d.inc();
+        }
+    }
+
     /// Sets the overflow series' cells (kept in the kernel too).
     pub fn set_overflow(&mut self, cells: &[u64]) {
         let slot = match self.overflow {

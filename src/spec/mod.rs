@@ -170,6 +170,9 @@ pub struct ProbeSpec {
     /// Whether its programs can aggregate in the kernel instead of sending
     /// a record per event (and do so by default).
     pub kernel_aggregation: bool,
+    /// Aggregated events whose key is a number below this (and no task
+    /// label) are counted in an array rather than a hash: 0 for none.
+    pub direct_event_keys: u32,
 }
 
 impl ProbeSpec {
@@ -187,6 +190,7 @@ impl ProbeSpec {
             default_labels: default_labels.iter().map(|l| l.to_string()).collect(),
             ring_bytes_per_cpu: 16 << 10,
             kernel_aggregation: false,
+            direct_event_keys: 0,
         }
     }
 
@@ -205,9 +209,11 @@ impl ProbeSpec {
         self
     }
 
-    /// Aggregates in the kernel by default (see `ProbeSettings::aggregate`).
-    pub fn aggregated_in_kernel(mut self) -> Self {
+    /// Aggregates in the kernel by default (see `ProbeSettings::aggregate`);
+    /// event keys below `direct_keys` index an array instead of a hash.
+    pub fn aggregated_in_kernel(mut self, direct_keys: u32) -> Self {
         self.kernel_aggregation = true;
+        self.direct_event_keys = direct_keys;
         self
     }
 

@@ -16,6 +16,7 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("syscalls_without_comm_filtered_by_pid", syscalls_by_pid),
         Trial::test("syscalls_ring_mode_counts_by_name", syscalls_ring_mode),
         Trial::test("syscalls_in_kernel_fold_past_the_limit_exactly", syscalls_kernel_overflow),
+        Trial::test("syscalls_in_kernel_expire_and_restart_from_zero", syscalls_kernel_expiry),
         Trial::test("filter_keeps_only_the_configured_comm", comm_filter),
         Trial::test("series_limit_folds_into_overflow", series_limit),
     ];
@@ -221,6 +222,43 @@ fn syscalls_kernel_overflow() -> Result<(), Failed> {
     // Every call the thread made is counted somewhere: exact totals.
     if after < before + 90.0 {
         return Err(format!("counted {after} after {before}, want at least {} more", 90).into());
+    }
+    Ok(())
+}
+
+/// Counted in the kernel's array (no task label), a series still expires
+/// after `series_ttl` and comes back from zero: the kernel cannot delete an
+/// array entry, so the agent counts from what it held at expiry.
+fn syscalls_kernel_expiry() -> Result<(), Failed> {
+    let comm = workload::unique_comm("se");
+    let agent = Agent::start(
+        &format!("series_ttl: 1s\nprobes:\n  syscalls:\n    labels: [syscall]\n    filter: {{comm: [{comm}]}}\n"),
+        &[],
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::Builder::new().name(comm.clone()).spawn(move || {
+        while let Ok(n) = rx.recv() {
+            workload::getppid_calls(n);
+            let _ = done_tx.send(());
+        }
+    })?;
+    let getppid = [("syscall", "getppid")];
+    tx.send(21)?;
+    done_rx.recv()?;
+    check("first getppid calls", agent.settle(21.0, |m| m.value("sonde_syscalls_total", &getppid)), 21.0)?;
+    let gone = agent.wait_for("the getppid series to expire", std::time::Duration::from_secs(5), |m| {
+        m.get("sonde_syscalls_total", &getppid).is_none()
+    });
+    gone.map_err(Failed::from)?;
+    tx.send(8)?;
+    done_rx.recv()?;
+    drop(tx);
+    let _ = worker.join();
+    check("getppid after expiry", agent.settle(8.0, |m| m.value("sonde_syscalls_total", &getppid)), 8.0)?;
+    let expired = agent.scrape().value("sonde_series_expired_total", &[("metric", "sonde_syscalls_total")]);
+    if expired < 1.0 {
+        return Err(format!("series_expired_total is {expired}").into());
     }
     Ok(())
 }
