@@ -20,8 +20,27 @@ const volatile enum vfs_op op_type = VFS_OP_READ;
 
 static __always_inline int emit(enum vfs_op op, long ret)
 {
-	struct event *e = start_event(struct event);
+	struct event *e;
 
+	if (aggregate) {
+		__u64 *cells = NULL;
+		struct agg_key key;
+
+		if (!task_wanted())
+			return 0;
+		cells = agg_direct_cells(op);
+		if (!cells) {
+			if (!agg_key_start(&key, op))
+				return 0;
+			cells = agg_cells_of(&key);
+		}
+		if (cells) {
+			agg_add(cells, 0, 1);
+			agg_add(cells, 1, ret > 0 ? ret : 0);
+		}
+		return 0;
+	}
+	e = start_event(struct event);
 	if (!e)
 		return 0;
 	e->ret = ret;

@@ -29,9 +29,9 @@ fn spec() -> ProbeSpec {
         .metric(MetricSpec::counter("syscalls_total", "System calls completed."))
         .metric(MetricSpec::histogram("syscall_duration_seconds", Unit::Seconds, "System call latency."))
         .ring_bytes_per_cpu(512 << 10)
-        // syscall numbers are below 1024 on every architecture sonde
+        // syscall numbers are below 512 on every architecture sonde
         // builds for (x32's are not, and take the hash)
-        .aggregated_in_kernel(1024)
+        .aggregated_in_kernel(512)
 }
 
 crate::loader::skeleton_loader!(SyscallsSkelBuilder);

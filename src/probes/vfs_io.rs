@@ -32,6 +32,8 @@ fn spec() -> ProbeSpec {
         .metric(MetricSpec::counter("vfs_calls_total", "vfs_read()/vfs_write() calls, failed ones included."))
         .metric(MetricSpec::counter("vfs_bytes_total", "Bytes read or written through the VFS."))
         .ring_bytes_per_cpu(512 << 10)
+        // op (read, write) indexes the kernel's array
+        .aggregated_in_kernel(2)
 }
 
 crate::loader::skeleton_loader!(VfsIoSkelBuilder);

@@ -24,12 +24,13 @@ pub fn trials() -> Vec<Trial> {
     // reported unsupported: nothing is skipped.
     if kernel::has_kprobes() {
         trials.push(Trial::test("file_open_kprobe_counts_enoent", || file_open_enoent(Some("kprobe"))));
-        trials.push(Trial::test("vfs_io_kprobe_counts_calls_and_bytes", || vfs_io_counts("kprobe")));
+        trials.push(Trial::test("vfs_io_kprobe_counts_calls_and_bytes", || vfs_io_counts("kprobe", true)));
+        trials.push(Trial::test("vfs_io_kprobe_ring_mode_counts_calls_and_bytes", || vfs_io_counts("kprobe", false)));
     } else {
         trials.push(Trial::test("vfs_io_kprobe_reported_unsupported", || vfs_io_unsupported("kprobe")));
     }
     if kernel::expects_fentry() {
-        trials.push(Trial::test("vfs_io_fentry_counts_calls_and_bytes", || vfs_io_counts("fentry")));
+        trials.push(Trial::test("vfs_io_fentry_counts_calls_and_bytes", || vfs_io_counts("fentry", true)));
     } else {
         trials.push(Trial::test("vfs_io_fentry_reported_unsupported", || vfs_io_unsupported("fentry")));
     }
@@ -299,9 +300,13 @@ fn series_limit() -> Result<(), Failed> {
     check("series dropped", metrics.value("sonde_series_dropped_total", &[("metric", "sonde_exec_total")]), 3.0)
 }
 
-fn vfs_io_counts(hook: &str) -> Result<(), Failed> {
+/// `aggregate`: counted in the kernel (the default) or sent per event.
+fn vfs_io_counts(hook: &str, aggregate: bool) -> Result<(), Failed> {
     let comm = workload::unique_comm("io");
-    let agent = Agent::start(&format!("probes:\n  vfs_io:\n    hook: {hook}\n    filter: {{comm: [{comm}]}}\n"), &[]);
+    let agent = Agent::start(
+        &format!("probes:\n  vfs_io:\n    hook: {hook}\n    aggregate: {aggregate}\n    filter: {{comm: [{comm}]}}\n"),
+        &[],
+    );
     let metrics = agent.scrape();
     check(
         &format!("sonde_probe_up{{hook={hook}}}"),
