@@ -2,20 +2,26 @@
 //! before anything touches the kernel. Every error names the file, line and
 //! column it comes from.
 
+mod guard;
 mod probes;
 mod scalar;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-pub use probes::MAX_COMM_FILTERS;
-use scalar::{int_in, is_metric_name, scalar, OneOf, Scalar};
+pub use guard::MAX_CONFIG_DEPTH;
+pub use probes::{MAX_BUCKET_BOUNDS, MAX_COMM_FILTERS};
+pub use scalar::MAX_QUOTED_CHARS;
+use scalar::{int_in, is_metric_name, quoted, scalar, OneOf, Scalar};
 
 use crate::spec::{Catalog, ProbeSettings};
 
@@ -30,10 +36,32 @@ pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
 /// Series not updated for this long are removed.
 pub const DEFAULT_SERIES_TTL: Duration = Duration::from_secs(3600);
 
+/// The largest config file read, in bytes (1 MiB): sonde's full example is
+/// about 5 KiB. A larger file is refused before it is read or parsed.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The most constant labels (`const_labels`): each is on every series.
+pub const MAX_CONST_LABELS: usize = 32;
+/// The longest constant label name, in bytes.
+pub const MAX_LABEL_NAME_BYTES: usize = 128;
+/// The longest constant label value, in bytes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+/// The longest `metric_prefix`, in bytes.
+pub const MAX_METRIC_PREFIX_BYTES: usize = 64;
+/// The largest `ring_buffer.size_bytes` (256 MiB): each probe's ring is
+/// locked kernel memory.
+pub const MAX_RING_BYTES: u32 = 256 << 20;
+/// The most ring memory a config may ask for in all, `size_bytes` times the
+/// number of configured probes (1 GiB).
+pub const MAX_TOTAL_RING_BYTES: u64 = 1 << 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read config: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read config: it is {kind}, not a regular file")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error("{path}: config is {size} bytes, over the limit of {MAX_CONFIG_BYTES} bytes (1 MiB); not parsed")]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("{origin}:{line}:{column}: {message}")]
     Invalid { origin: String, line: usize, column: usize, message: String },
     #[error("{origin}: {message}")]
@@ -75,21 +103,11 @@ const CONFIG_KEYS: &[&str] = &[
     "probes",
 ];
 
-/// Reads a config against the probes in `catalog`.
-struct ConfigSeed<'c> {
-    catalog: &'c Catalog,
-}
-
-impl<'de> DeserializeSeed<'de> for ConfigSeed<'_> {
-    type Value = Config;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Config, D::Error> {
-        d.deserialize_map(ConfigVisitor { catalog: self.catalog })
-    }
-}
-
 struct ConfigVisitor<'c> {
     catalog: &'c Catalog,
+    /// How many probes the file configures, when an earlier pass found out:
+    /// lets `ring_buffer`, read before `probes`, check its total at itself.
+    probe_count: Option<usize>,
 }
 
 impl<'de> Visitor<'de> for ConfigVisitor<'_> {
@@ -114,7 +132,8 @@ impl<'de> Visitor<'de> for ConfigVisitor<'_> {
         let mut seen = BTreeSet::new();
         while let Some(key) = map.next_key_seed(OneOf { keys: CONFIG_KEYS, what: "top-level", seen: &seen })? {
             seen.insert(key);
-            map.next_value_seed(ConfigValue { key, config: &mut config, catalog: self.catalog })?;
+            let probe_count = self.probe_count.or(seen.contains("probes").then_some(config.probes.len()));
+            map.next_value_seed(ConfigValue { key, config: &mut config, catalog: self.catalog, probe_count })?;
         }
         if !seen.contains("probes") {
             return Err(de::Error::custom(format!(
@@ -131,6 +150,7 @@ struct ConfigValue<'a> {
     key: &'static str,
     config: &'a mut Config,
     catalog: &'a Catalog,
+    probe_count: Option<usize>,
 }
 
 impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
@@ -142,7 +162,7 @@ impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
             "listen" => config.listen = listen_addr(d)?,
             "metric_prefix" => config.metric_prefix = metric_prefix(d)?,
             "const_labels" => config.const_labels = d.deserialize_any(ConstLabels { catalog: self.catalog })?,
-            "ring_buffer" => config.ring_buffer = RingBufferConfig::deserialize(d)?,
+            "ring_buffer" => config.ring_buffer = RingBufferVisitor { probe_count: self.probe_count }.deserialize(d)?,
             "series_limit" => config.series_limit = series_limit(d)?,
             "series_ttl" => config.series_ttl = series_ttl(d)?,
             "bpf_stats" => config.bpf_stats = bool::deserialize(d)?,
@@ -156,8 +176,10 @@ impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingBufferConfig {
-    /// Bytes of every probe's ring (a power of two, at least one page), or
-    /// None to size each probe's ring from the CPU count and its rate.
+    /// Bytes of every probe's ring (a power of two from one page to
+    /// [`MAX_RING_BYTES`], and at most [`MAX_TOTAL_RING_BYTES`] for all
+    /// probes together), or None to size each probe's ring from the CPU
+    /// count and its rate.
     pub size_bytes: Option<u32>,
     /// Wake the reader each time another this many bytes wait; 0 lets the
     /// kernel wake it per event. None: 64 KiB, at most a quarter of the ring.
@@ -200,13 +222,18 @@ impl RingBufferConfig {
     }
 }
 
-impl<'de> Deserialize<'de> for RingBufferConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RingBufferConfig, D::Error> {
-        d.deserialize_any(RingBufferVisitor)
-    }
+struct RingBufferVisitor {
+    /// The number of configured probes, if known by now.
+    probe_count: Option<usize>,
 }
 
-struct RingBufferVisitor;
+impl<'de> DeserializeSeed<'de> for RingBufferVisitor {
+    type Value = RingBufferConfig;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RingBufferConfig, D::Error> {
+        d.deserialize_any(self)
+    }
+}
 
 impl<'de> Visitor<'de> for RingBufferVisitor {
     type Value = RingBufferConfig;
@@ -229,7 +256,9 @@ impl<'de> Visitor<'de> for RingBufferVisitor {
         while let Some(key) = map.next_key_seed(OneOf { keys: KEYS, what: "ring_buffer", seen: &seen })? {
             seen.insert(key);
             match key {
-                "size_bytes" => size = Some(map.next_value_seed(RingSizeSeed { wakeup })?),
+                "size_bytes" => {
+                    size = Some(map.next_value_seed(RingSizeSeed { wakeup, probe_count: self.probe_count })?)
+                }
                 "wakeup_bytes" => wakeup = Some(map.next_value_seed(WakeupBytes { size })?),
                 "poll_interval_ms" => poll = Some(map.next_value_seed(PollInterval)?),
                 _ => unreachable!("OneOf only yields KEYS"),
@@ -246,6 +275,8 @@ impl<'de> Visitor<'de> for RingBufferVisitor {
 struct RingSizeSeed {
     /// wakeup_bytes, if it came earlier in the mapping.
     wakeup: Option<u32>,
+    /// The number of configured probes, if known by now.
+    probe_count: Option<usize>,
 }
 
 impl<'de> DeserializeSeed<'de> for RingSizeSeed {
@@ -253,8 +284,11 @@ impl<'de> DeserializeSeed<'de> for RingSizeSeed {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
         scalar(d, "a size in bytes", |v| match v {
-            Scalar::Int(n) if (4096..=1 << 30).contains(&n) && (n as u64).is_power_of_two() => {
+            Scalar::Int(n) if (4096..=i128::from(MAX_RING_BYTES)).contains(&n) && (n as u64).is_power_of_two() => {
                 let size = n as u32;
+                if let Some(message) = self.probe_count.and_then(|probes| ring_total_error(size, probes)) {
+                    return Err(message);
+                }
                 match self.wakeup {
                     Some(wakeup) if wakeup >= size => {
                         Err(format!("{size} must be larger than wakeup_bytes ({wakeup})"))
@@ -262,9 +296,22 @@ impl<'de> DeserializeSeed<'de> for RingSizeSeed {
                     _ => Ok(size),
                 }
             }
-            other => Err(format!("{other} is not a power of two from 4096 (one page) to 1073741824 (1 GiB)")),
+            other => Err(format!("{other} is not a power of two from 4096 (one page) to {MAX_RING_BYTES} (256 MiB)")),
         })
     }
+}
+
+/// Why `size_bytes` for each of `probes` rings is too much in all, if it is.
+fn ring_total_error(size: u32, probes: usize) -> Option<String> {
+    let total = u64::from(size) * probes as u64;
+    if total <= MAX_TOTAL_RING_BYTES {
+        return None;
+    }
+    let most = (MAX_TOTAL_RING_BYTES / probes as u64).checked_ilog2().map_or(0, |bits| 1u64 << bits);
+    Some(format!(
+        "{size} bytes for each of the {probes} configured probes is {total} bytes of ring memory, over the \
+         {MAX_TOTAL_RING_BYTES}-byte (1 GiB) total; use at most {most}"
+    ))
 }
 
 struct WakeupBytes {
@@ -277,14 +324,14 @@ impl<'de> DeserializeSeed<'de> for WakeupBytes {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
         scalar(d, "a number of bytes", |v| match v {
-            Scalar::Int(n) if (0..1 << 30).contains(&n) => {
+            Scalar::Int(n) if (0..i128::from(MAX_RING_BYTES)).contains(&n) => {
                 let wakeup = n as u32;
                 match self.size {
                     Some(size) if wakeup >= size => Err(format!("{wakeup} must be smaller than size_bytes ({size})")),
                     _ => Ok(wakeup),
                 }
             }
-            Scalar::Int(n) => Err(format!("{n} is out of range: expected 0..=1073741823")),
+            Scalar::Int(n) => Err(format!("{n} is out of range: expected 0..={}", MAX_RING_BYTES - 1)),
             other => Err(format!("expected an integer, found {other}")),
         })
     }
@@ -301,11 +348,16 @@ impl<'de> DeserializeSeed<'de> for PollInterval {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file: a regular file of at most
+    /// [`MAX_CONFIG_BYTES`], in UTF-8.
     pub fn load(path: &Path, catalog: &Catalog) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text, &path.display().to_string(), catalog)
+        let bytes = read_config(path)?;
+        let origin = path.display().to_string();
+        // Editors on Windows start UTF-8 files with a byte-order mark; it is
+        // no character of the config, nor counted in columns.
+        let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(&bytes);
+        let text = std::str::from_utf8(bytes).map_err(|err| invalid_utf8(bytes, &err, &origin))?;
+        Self::parse(text, &origin, catalog)
     }
 
     /// The embedded default config.
@@ -315,14 +367,124 @@ impl Config {
 
     /// Parses and validates `text`; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str, catalog: &Catalog) -> Result<Config, ConfigError> {
-        ConfigSeed { catalog }.deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|err| locate(err, origin))
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        guard::check(text).map_err(|fault| {
+            let (line, column) = guard::position(text, fault.offset);
+            ConfigError::Invalid { origin: origin.to_string(), line, column, message: fault.message }
+        })?;
+        let config = parse_pass(text, origin, catalog, None)?;
+        let ring_total = config.ring_buffer.size_bytes.and_then(|size| ring_total_error(size, config.probes.len()));
+        if let Some(message) = ring_total {
+            // `size_bytes` came before `probes`, so the total could not be
+            // checked at it: parsed again with the probe count known, the
+            // error is reported at `size_bytes`.
+            let located = parse_pass(text, origin, catalog, Some(config.probes.len())).err();
+            return Err(located.unwrap_or(ConfigError::Unlocated { origin: origin.to_string(), message }));
+        }
+        Ok(config)
     }
+}
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+fn parse_pass(text: &str, origin: &str, catalog: &Catalog, probe_count: Option<usize>) -> Result<Config, ConfigError> {
+    let config = serde_yaml::Deserializer::from_str(text).deserialize_map(ConfigVisitor { catalog, probe_count });
+    config.map_err(|err| locate(with_location(err, text), origin))
+}
+
+/// serde_yaml reports text after the top-level value that starts no
+/// document as "more than one document", without a location (a real second
+/// document is refused by the guard before): the error of that second
+/// "document" has the location.
+fn with_location(err: serde_yaml::Error, text: &str) -> serde_yaml::Error {
+    if err.location().is_some() {
+        return err;
+    }
+    let second =
+        serde_yaml::Deserializer::from_str(text).nth(1).and_then(|doc| doc.deserialize_any(de::IgnoredAny).err());
+    second.filter(|e| e.location().is_some()).unwrap_or(err)
+}
+
+/// Reads at most [`MAX_CONFIG_BYTES`] of a regular file.
+fn read_config(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let read_error = |source| ConfigError::Read { path: path.to_path_buf(), source };
+    let mut file = open_regular(path)?;
+    let size = file.metadata().map_err(read_error)?.len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: path.to_path_buf(), size });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    (&mut file).take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        // it grew while being read
+        let size = file.metadata().map_or(0, |m| m.len()).max(bytes.len() as u64);
+        return Err(ConfigError::TooLarge { path: path.to_path_buf(), size });
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` if it is a regular file. Its kind is checked before
+/// opening, because opening a FIFO waits for a writer and opening a device
+/// can act on it; and again on the open file, in case the path was
+/// replaced in between — opened without blocking, so that a FIFO swapped in
+/// cannot hold the agent either.
+fn open_regular(path: &Path) -> Result<File, ConfigError> {
+    let read_error = |source| ConfigError::Read { path: path.to_path_buf(), source };
+    refuse_unless_regular(path, &std::fs::metadata(path).map_err(read_error)?)?;
+    open_nonblocking(path)
+}
+
+fn open_nonblocking(path: &Path) -> Result<File, ConfigError> {
+    let read_error = |source| ConfigError::Read { path: path.to_path_buf(), source };
+    let file =
+        OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(read_error)?;
+    refuse_unless_regular(path, &file.metadata().map_err(read_error)?)?;
+    Ok(file)
+}
+
+fn refuse_unless_regular(path: &Path, meta: &Metadata) -> Result<(), ConfigError> {
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "of an unknown kind"
+    };
+    Err(ConfigError::NotAFile { path: path.to_path_buf(), kind: what })
+}
+
+/// Where `bytes` stop being UTF-8, as `FILE:LINE:COLUMN`.
+fn invalid_utf8(bytes: &[u8], err: &std::str::Utf8Error, origin: &str) -> ConfigError {
+    let valid = &bytes[..err.valid_up_to()];
+    // the prefix is valid UTF-8 by definition of valid_up_to
+    let prefix = std::str::from_utf8(valid).unwrap_or_default();
+    let (line, column) = guard::position(prefix, valid.len());
+    let message = match (bytes, err.error_len()) {
+        ([0xFF, 0xFE, ..] | [0xFE, 0xFF, ..], _) => "invalid UTF-8: the file is UTF-16 (it starts with a UTF-16 \
+                                                   byte-order mark); save it as UTF-8"
+            .to_string(),
+        (_, Some(_)) => format!(
+            "invalid UTF-8: byte 0x{:02X} is not part of a UTF-8 character; a config is UTF-8 text",
+            bytes[valid.len()]
+        ),
+        (_, None) => "invalid UTF-8: the file ends in the middle of a character".to_string(),
+    };
+    ConfigError::Invalid { origin: origin.to_string(), line, column, message }
 }
 
 /// `origin:line:column: message`, with serde_yaml's own location suffix
 /// moved to the front where editors and CI annotators look for it.
 fn locate(err: serde_yaml::Error, origin: &str) -> ConfigError {
-    let text = err.to_string();
+    let text = shorten_serde_strings(&err.to_string());
     match err.location() {
         Some(loc) => {
             let message = match text.rfind(" at line ") {
@@ -335,21 +497,94 @@ fn locate(err: serde_yaml::Error, origin: &str) -> ConfigError {
     }
 }
 
+/// serde's own messages quote a string value whole, Rust-escaped
+/// (`invalid type: string "..."`): cut past [`MAX_QUOTED_CHARS`] as
+/// [`quoted`] cuts, with the value's length.
+fn shorten_serde_strings(message: &str) -> String {
+    const OPEN: &str = "string \"";
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find(OPEN) {
+        let (head, body) = rest.split_at(at + OPEN.len());
+        out.push_str(head);
+        let Some(string) = EscapedString::scan(body) else {
+            rest = body;
+            break;
+        };
+        if string.chars > MAX_QUOTED_CHARS {
+            out.push_str(&body[..string.cut]);
+            out.push_str(&format!("…\" ({} bytes)", string.bytes));
+        } else {
+            out.push_str(&body[..=string.close]);
+        }
+        rest = &body[string.close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A Rust-escaped string's text up to its closing quote.
+struct EscapedString {
+    /// Where the closing quote is.
+    close: usize,
+    /// Where the first MAX_QUOTED_CHARS characters end, escapes kept whole.
+    cut: usize,
+    /// Its characters, an escape counting as one.
+    chars: usize,
+    /// The length of the string it stands for, in bytes.
+    bytes: usize,
+}
+
+impl EscapedString {
+    fn scan(body: &str) -> Option<Self> {
+        let mut string = EscapedString { close: 0, cut: 0, chars: 0, bytes: 0 };
+        let mut chars = body.char_indices();
+        while let Some((i, c)) = chars.next() {
+            let bytes = match c {
+                '"' => {
+                    string.close = i;
+                    return Some(string);
+                }
+                // \u{...} stands for one character of any length
+                '\\' => match chars.next()? {
+                    (_, 'u') => {
+                        let hex: String = chars.by_ref().map(|(_, c)| c).take_while(|&c| c != '}').skip(1).collect();
+                        u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32).map_or(1, char::len_utf8)
+                    }
+                    _ => 1,
+                },
+                c => c.len_utf8(),
+            };
+            string.bytes += bytes;
+            string.chars += 1;
+            if string.chars <= MAX_QUOTED_CHARS {
+                string.cut = chars.clone().next().map_or(body.len(), |(next, _)| next);
+            }
+        }
+        None
+    }
+}
+
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid socket address")
 }
 
 fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     scalar(d, "an address such as 0.0.0.0:9477", |v| match v {
-        Scalar::Str(s) => s
-            .parse()
-            .map_err(|_| format!("invalid listen address `{s}`: expected IP:PORT, e.g. 0.0.0.0:9477 or [::]:9477")),
+        Scalar::Str(s) => s.parse().map_err(|_| {
+            format!("invalid listen address {}: expected IP:PORT, e.g. 0.0.0.0:9477 or [::]:9477", quoted(s))
+        }),
         other => Err(format!("expected an address such as 0.0.0.0:9477, found {other}")),
     })
 }
 
 fn metric_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     scalar(d, "a metric name prefix", |v| match v {
+        Scalar::Str(s) if s.len() > MAX_METRIC_PREFIX_BYTES => Err(format!(
+            "metric_prefix {} is {} bytes, over the limit of {MAX_METRIC_PREFIX_BYTES}",
+            quoted(s),
+            s.len()
+        )),
         Scalar::Str(s) if is_metric_name(s, true) => Ok(s.to_string()),
         other => Err(format!("invalid metric_prefix {other}: expected [a-zA-Z_:][a-zA-Z0-9_:]*")),
     })
@@ -416,16 +651,26 @@ impl<'de> DeserializeSeed<'de> for ConstLabelName<'_> {
             let Scalar::Str(name) = v else {
                 return Err(format!("expected a label name, found {v}"));
             };
+            if self.seen.len() >= MAX_CONST_LABELS {
+                return Err(format!("at most {MAX_CONST_LABELS} constant labels are supported"));
+            }
+            let name_q = quoted(name);
+            if name.len() > MAX_LABEL_NAME_BYTES {
+                return Err(format!(
+                    "label name {name_q} is {} bytes, over the limit of {MAX_LABEL_NAME_BYTES}",
+                    name.len()
+                ));
+            }
             if !is_metric_name(name, false) || name.starts_with("__") {
                 return Err(format!(
-                    "invalid label name `{name}`: expected [a-zA-Z_][a-zA-Z0-9_]*, not starting with __"
+                    "invalid label name {name_q}: expected [a-zA-Z_][a-zA-Z0-9_]*, not starting with __"
                 ));
             }
             if crate::metrics::SELF_LABELS.contains(&name) || self.catalog.has_label(name) {
-                return Err(format!("label `{name}` is set by sonde itself and cannot be a constant label"));
+                return Err(format!("label {name_q} is set by sonde itself and cannot be a constant label"));
             }
             if self.seen.contains_key(name) {
-                return Err(format!("label `{name}` is listed twice"));
+                return Err(format!("label {name_q} is listed twice"));
             }
             Ok(name.to_string())
         })
@@ -458,6 +703,13 @@ impl<'de> Visitor<'de> for LabelValue {
         // YAML null is no value either (`str` sees it as its text, `~`).
         if matches!(v, "" | "~" | "null" | "Null" | "NULL") {
             return Err(E::custom(format!("a constant label needs a value, not `{v}`")));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(E::custom(format!(
+                "label value {} is {} bytes, over the limit of {MAX_LABEL_VALUE_BYTES}",
+                quoted(v),
+                v.len()
+            )));
         }
         Ok(v.to_string())
     }

@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::scalar::{int_in, scalar, OneOf, Scalar};
+use super::scalar::{int_in, quoted, scalar, OneOf, Scalar};
 use crate::spec::{Buckets, Catalog, Filter, HookChoice, HookKind, ProbeSettings, ProbeSpec};
 
 /// Longest comm the kernel stores, without its NUL.
 const COMM_MAX: usize = 15;
 /// Comm filters the BPF side has room for (`MAX_COMM_FILTERS` in common.h).
 pub const MAX_COMM_FILTERS: usize = 8;
+/// The most bucket bounds a histogram probe takes: every bound is one more
+/// series per label set, and one more step for each observation.
+pub const MAX_BUCKET_BOUNDS: usize = 64;
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D, catalog: &Catalog) -> Result<Vec<ProbeSettings>, D::Error> {
     // `any`, not `map`: given `map`, serde_yaml reports `probes: ~` as a type
@@ -69,10 +72,9 @@ impl<'de> DeserializeSeed<'de> for ProbeName<'_> {
             let Scalar::Str(name) = v else {
                 return Err(format!("expected a probe name, found {v}"));
             };
-            let spec = self
-                .catalog
-                .find(name)
-                .ok_or_else(|| format!("unknown probe `{name}`; known probes: {}", self.catalog.names().join(", ")))?;
+            let spec = self.catalog.find(name).ok_or_else(|| {
+                format!("unknown probe {}; known probes: {}", quoted(name), self.catalog.names().join(", "))
+            })?;
             if self.seen.iter().any(|c| c.name() == name) {
                 return Err(format!("probe `{name}` is configured twice"));
             }
@@ -156,7 +158,8 @@ impl<'de> DeserializeSeed<'de> for SettingKey<'_> {
                 return Err(format!("expected a setting name, found {v}"));
             };
             let key = keys.iter().copied().find(|k| *k == name).ok_or_else(|| {
-                format!("unknown setting `{name}` for probe `{}`; expected one of: {}", self.spec.name, keys.join(", "))
+                let name = quoted(name);
+                format!("unknown setting {name} for probe `{}`; expected one of: {}", self.spec.name, keys.join(", "))
             })?;
             if self.seen.contains(key) {
                 return Err(format!("duplicate setting `{key}`"));
@@ -209,8 +212,9 @@ impl<'de> DeserializeSeed<'de> for LabelName<'_> {
             };
             if self.spec.label(name).is_none() {
                 return Err(format!(
-                    "probe `{}` has no label `{name}`; it can carry: {}",
+                    "probe `{}` has no label {}; it can carry: {}",
                     self.spec.name,
+                    quoted(name),
                     self.spec.label_names().join(", ")
                 ));
             }
@@ -316,7 +320,8 @@ impl<'de> DeserializeSeed<'de> for Comm {
             }
             if comm.is_empty() || comm.len() > COMM_MAX || comm.contains('\0') {
                 return Err(format!(
-                    "comm `{comm}` must be 1 to {COMM_MAX} bytes: the kernel truncates process names to {COMM_MAX}"
+                    "comm {} must be 1 to {COMM_MAX} bytes: the kernel truncates process names to {COMM_MAX}",
+                    quoted(comm)
                 ));
             }
             Ok(comm.to_string())
@@ -371,14 +376,17 @@ impl<'de> Visitor<'de> for BucketsSeed {
         match v {
             "exp2" => Ok(Buckets::Exp2),
             other => Err(E::custom(format!(
-                "unknown bucket layout `{other}`: expected `exp2` or a list of upper bounds in seconds"
+                "unknown bucket layout {}: expected `exp2` or a list of upper bounds in seconds",
+                quoted(other)
             ))),
         }
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buckets, A::Error> {
         let mut bounds: Vec<f64> = Vec::new();
-        while let Some(bound) = seq.next_element_seed(Bound { previous: bounds.last().copied() })? {
+        while let Some(bound) =
+            seq.next_element_seed(Bound { previous: bounds.last().copied(), count: bounds.len() })?
+        {
             bounds.push(bound);
         }
         if bounds.is_empty() {
@@ -390,6 +398,8 @@ impl<'de> Visitor<'de> for BucketsSeed {
 
 struct Bound {
     previous: Option<f64>,
+    /// Bounds before this one.
+    count: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for Bound {
@@ -402,6 +412,9 @@ impl<'de> DeserializeSeed<'de> for Bound {
                 Scalar::Float(x) => x,
                 other => return Err(format!("expected a number of seconds, found {other}")),
             };
+            if self.count >= MAX_BUCKET_BOUNDS {
+                return Err(format!("at most {MAX_BUCKET_BOUNDS} bucket bounds are supported"));
+            }
             if !(x.is_finite() && x > 0.0) {
                 return Err(format!("bucket bound {x} must be a positive number of seconds"));
             }

@@ -3,7 +3,7 @@
 //! at the start of the mapping that holds it.
 
 use std::collections::BTreeSet;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
@@ -19,11 +19,47 @@ pub enum Scalar<'a> {
 impl fmt::Display for Scalar<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Scalar::Str(s) => write!(f, "`{s}`"),
+            Scalar::Str(s) => quoted(s).fmt(f),
             Scalar::Int(i) => write!(f, "{i}"),
             Scalar::Float(x) => write!(f, "{x}"),
             Scalar::Bool(b) => write!(f, "{b}"),
         }
+    }
+}
+
+/// The most characters of user text a message quotes: a message stays one
+/// readable line however long the value at fault.
+pub const MAX_QUOTED_CHARS: usize = 80;
+
+/// User text as every message quotes it: in backticks, with control and
+/// invisible characters escaped (a config cannot rewrite the terminal it is
+/// checked on), and past [`MAX_QUOTED_CHARS`] cut with `…` and its full
+/// length: ``unknown probe `aaaa…` (50000000 bytes)``.
+pub fn quoted(text: &str) -> Quoted<'_> {
+    Quoted(text)
+}
+
+pub struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_char('`')?;
+        let mut shown = 0;
+        for c in self.0.chars() {
+            // quotes and backslashes read as themselves between backticks
+            let escape = !matches!(c, '"' | '\'' | '\\');
+            let width = if escape { c.escape_debug().len() } else { 1 };
+            if shown + width > MAX_QUOTED_CHARS {
+                return write!(f, "…` ({} bytes)", self.0.len());
+            }
+            shown += width;
+            if escape {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        f.write_char('`')
     }
 }
 
@@ -105,7 +141,7 @@ impl<'de> DeserializeSeed<'de> for OneOf<'_> {
                 return Err(format!("expected a key, found {v}"));
             };
             let key = self.keys.iter().copied().find(|k| *k == name).ok_or_else(|| {
-                format!("unknown {} key `{name}`; expected one of: {}", self.what, self.keys.join(", "))
+                format!("unknown {} key {}; expected one of: {}", self.what, quoted(name), self.keys.join(", "))
             })?;
             if self.seen.contains(key) {
                 return Err(format!("duplicate key `{key}`"));

@@ -341,3 +341,340 @@ fn unreadable_file_names_the_path() {
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().starts_with("/nonexistent/sonde.yaml: cannot read config: "), "{err}");
 }
+
+#[test]
+fn listen_port_0_lets_the_kernel_choose() {
+    let config = parse("listen: \"127.0.0.1:0\"\nprobes:\n  exec:\n").expect("port 0 is allowed");
+    assert_eq!(config.listen.port(), 0);
+}
+
+/// Hostile or unusual text, refused where it goes wrong.
+#[rustfmt::skip]
+const HOSTILE: &[Bad] = &[
+    // one document only, refused at the second
+    bad("probes:\n  exec:\n---\nprobes:\n  exit:\n", 3, 1, &["a second YAML document starts here"]),
+    bad("---\nprobes:\n  exec:\n---\n", 4, 1, &["a second YAML document"]),
+    bad("probes:\n  exec:\n...\nlisten: 0.0.0.0:1\n", 4, 1, &["content after the end of the YAML document (`...`)"]),
+    bad("probes:\n  exec:\n...\n%YAML 1.1\n---\n", 4, 1, &["a second YAML document"]),
+    // text after the top-level value, which serde_yaml calls a second
+    // document without saying where
+    bad("{probes: {exec: }}\n}\n", 2, 1, &["did not find expected <document start>"]),
+    // ring memory: one ring, and all of them
+    bad("ring_buffer:\n  size_bytes: 536870912\nprobes:\n  exec:\n", 2, 15,
+        &["536870912 is not a power of two from 4096 (one page) to 268435456 (256 MiB)"]),
+    bad("ring_buffer:\n  size_bytes: 1073741824\nprobes:\n  exec:\n", 2, 15, &["to 268435456 (256 MiB)"]),
+    bad("ring_buffer:\n  wakeup_bytes: 268435456\nprobes:\n  exec:\n", 2, 17, &["expected 0..=268435455"]),
+    bad("probes:\n  exec:\n  exit:\n  file_open:\n  syscalls:\n  vfs_io:\nring_buffer:\n  size_bytes: 268435456\n", 8, 15,
+        &["ring_buffer.size_bytes", "268435456 bytes for each of the 5 configured probes is 1342177280 bytes of ring memory",
+          "1073741824-byte (1 GiB) total", "use at most 134217728"]),
+    // size_bytes before probes: still reported at size_bytes
+    bad("ring_buffer:\n  size_bytes: 268435456\n  wakeup_bytes: 65536\nprobes:\n  exec:\n  exit:\n  file_open:\n  syscalls:\n  vfs_io:\n",
+        2, 15, &["ring_buffer.size_bytes", "for each of the 5 configured probes", "use at most 134217728"]),
+    // a comment ends at a lone CR, as the parser sees it
+    bad("probes:\n  exec: # \r    labels: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+        3, 42, &["nested more than 32 deep"]),
+    // brackets in quoted scalars and comments are text
+    bad("probes:\n  exec:\n    labels: [\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"] # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n", 3, 14,
+        &["probe `exec` has no label `[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[`"]),
+    // the YAML parser takes this `]` for the empty key and nests on
+    bad("probes:\n  exec:\n    labels: [? ]\n", 3, 14, &["`?` with no key right before `]`"]),
+    // user text is quoted with control characters escaped
+    bad("listen: \"\\e[2Jnope\\r\"\nprobes:\n  exec:\n", 1, 9, &["invalid listen address `\\u{1b}[2Jnope\\r`"]),
+];
+
+#[test]
+fn hostile_configs_are_refused_at_the_fault() {
+    let cases: Vec<(String, usize, usize, &[&str])> =
+        HOSTILE.iter().map(|c| (c.yaml.to_string(), c.line, c.column, c.mentions)).collect();
+    assert_refused_at(&cases);
+}
+
+/// Each text is refused at its line and column, with a message that says so.
+fn assert_refused_at(cases: &[(String, usize, usize, &[&str])]) {
+    let mut failures = Vec::new();
+    for (yaml, want_line, want_column, mentions) in cases {
+        let shown: String = yaml.chars().take(200).collect();
+        let err = match parse(yaml) {
+            Ok(_) => {
+                failures.push(format!("accepted:\n{shown}"));
+                continue;
+            }
+            Err(err) => err,
+        };
+        let ConfigError::Invalid { line, column, message, .. } = &err else {
+            failures.push(format!("no location in `{err}` for:\n{shown}"));
+            continue;
+        };
+        let missing: Vec<&str> = mentions.iter().copied().filter(|m| !message.contains(m)).collect();
+        if (*line, *column) != (*want_line, *want_column) || !missing.is_empty() {
+            failures.push(format!(
+                "want {want_line}:{want_column}, mentioning {mentions:?}; got `{err}` (missing {missing:?}) for:\n{shown}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+}
+
+#[test]
+fn a_byte_order_mark_is_no_part_of_the_config() {
+    let config = parse("\u{feff}---\nlisten: \"127.0.0.1:9\"\nprobes:\n  exec:\n").expect("a BOM is skipped");
+    assert_eq!(config.listen.to_string(), "127.0.0.1:9");
+    // nor of its columns
+    let err = parse("\u{feff}nosuch: 1\nprobes:\n  exec:\n").expect_err("unknown key");
+    assert!(err.to_string().starts_with("test.yaml:1:1: unknown top-level key `nosuch`"), "{err}");
+}
+
+/// Nesting deep enough to cost the parser minutes is refused where it
+/// crosses MAX_CONFIG_DEPTH, before the parser runs.
+#[test]
+fn deep_nesting_is_refused_fast_where_it_crosses_the_limit() {
+    let indented: String = (0..100_000).map(|i| format!("{}k{i}:\n", " ".repeat(i % 2000))).collect();
+    let indented = &indented[..indented.len().min(MAX_CONFIG_BYTES as usize)];
+    let cases: Vec<(String, usize, usize, &[&str])> = vec![
+        // `[` 100,000 deep: the 33rd is one too many
+        ("[".repeat(100_000), 1, 33, &["nested more than 32 deep", "MAX_CONFIG_DEPTH"]),
+        ("{a: ".repeat(100_000), 1, 129, &["nested more than 32 deep"]),
+        // 3 levels of mappings, then flow from column 13
+        (format!("probes:\n  exec:\n    labels: {}", "[".repeat(1 << 20)), 3, 42, &["nested more than 32 deep"]),
+        // block mappings by indentation: the key at column 33
+        (indented.to_string(), 33, 33, &["nested more than 32 deep"]),
+        // block sequences on one line
+        ("- ".repeat(100_000), 1, 65, &["nested more than 32 deep"]),
+        // the comm list is the 5th level; its entries' lists from the 6th
+        (
+            format!("probes:\n  exec:\n    filter:\n      comm:\n      - {}", "- ".repeat(50)),
+            5,
+            63,
+            &["more than 32 deep"],
+        ),
+    ];
+    let started = std::time::Instant::now();
+    assert_refused_at(&cases);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+}
+
+/// Text of 900 KB (under the size cap) in every place a message quotes
+/// user text: the message stays one short line that says how long it was.
+#[test]
+fn long_values_are_quoted_short() {
+    let long = "a".repeat(900_000);
+    let places = [
+        format!("? {long}\n: 1\nprobes:\n  exec:\n"),
+        format!("probes:\n  ? {long}\n  : {{}}\n"),
+        format!("probes:\n  exec:\n    ? {long}\n    : x\n"),
+        format!("probes:\n  exec:\n    labels: [{long}]\n"),
+        format!("probes:\n  exec:\n    filter:\n      comm: [{long}]\n"),
+        format!("probes:\n  syscalls:\n    buckets: {long}\n"),
+        format!("probes:\n  syscalls:\n    buckets: [{long}]\n"),
+        format!("probes:\n  vfs_io:\n    hook: {long}\n"),
+        format!("listen: {long}\nprobes:\n  exec:\n"),
+        format!("metric_prefix: {long}\nprobes:\n  exec:\n"),
+        format!("const_labels:\n  ? {long}\n  : x\nprobes:\n  exec:\n"),
+        format!("const_labels:\n  env: {long}\nprobes:\n  exec:\n"),
+        format!("series_limit: {long}\nprobes:\n  exec:\n"),
+        format!("strict: {long}\nprobes:\n  exec:\n"),
+        format!("probes:\n  exec:\n    labels: {long}\n"),
+    ];
+    for yaml in &places {
+        let err = parse(yaml).expect_err("refused").to_string();
+        let head = &yaml[..yaml.find("aaa").unwrap_or(0)];
+        assert!(err.len() < 300, "{} bytes of message for {head:?}…: {}", err.len(), &err[..300.min(err.len())]);
+        assert!(
+            err.contains(&format!("aaaaa…` ({} bytes)", long.len())) || err.contains("aaaaa…\" (900000 bytes)"),
+            "for {head:?}…: {err}"
+        );
+    }
+}
+
+#[test]
+fn quoted_text_is_cut_and_escaped() {
+    use super::scalar::quoted;
+    assert_eq!(quoted("exec").to_string(), "`exec`");
+    assert_eq!(quoted("it's \"x\" \\").to_string(), "`it's \"x\" \\`");
+    assert_eq!(quoted("a\nb\u{1b}[0m\u{202e}").to_string(), "`a\\nb\\u{1b}[0m\\u{202e}`");
+    let fits = "é".repeat(MAX_QUOTED_CHARS);
+    assert_eq!(quoted(&fits).to_string(), format!("`{fits}`"));
+    let long = format!("{fits}x");
+    assert_eq!(quoted(&long).to_string(), format!("`{fits}…` ({} bytes)", long.len()));
+    // an escape is never cut in half
+    let escapes = format!("{}\n", "a".repeat(MAX_QUOTED_CHARS - 1));
+    assert_eq!(
+        quoted(&escapes).to_string(),
+        format!("`{}…` ({} bytes)", "a".repeat(MAX_QUOTED_CHARS - 1), escapes.len())
+    );
+}
+
+#[test]
+fn serde_yaml_strings_in_messages_are_cut() {
+    let short = "invalid type: string \"yes\", expected a boolean";
+    assert_eq!(super::shorten_serde_strings(short), short);
+    // the length is the value's, escapes counted as what they stand for
+    let long = format!("invalid type: string \"\\u{{1b}}\\\"é{}\", expected x", "b".repeat(200));
+    let want =
+        format!("invalid type: string \"\\u{{1b}}\\\"é{}…\" (204 bytes), expected x", "b".repeat(MAX_QUOTED_CHARS - 3));
+    assert_eq!(super::shorten_serde_strings(&long), want);
+    // no closing quote: left as it is
+    let open = format!("string \"{}", "c".repeat(100));
+    assert_eq!(super::shorten_serde_strings(&open), open);
+}
+
+#[test]
+fn caps_on_buckets_and_constant_labels() {
+    let bounds = |n: usize| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let labels = |n: usize| (0..n).map(|i| format!("  l{i}: v\n")).collect::<String>();
+    let ok = [
+        format!("probes:\n  syscalls:\n    buckets: [{}]\n", bounds(MAX_BUCKET_BOUNDS)),
+        format!("const_labels:\n{}probes:\n  exec:\n", labels(MAX_CONST_LABELS)),
+        format!(
+            "const_labels:\n  {}: {}\nprobes:\n  exec:\n",
+            "n".repeat(MAX_LABEL_NAME_BYTES),
+            "v".repeat(MAX_LABEL_VALUE_BYTES)
+        ),
+        format!("metric_prefix: {}\nprobes:\n  exec:\n", "p".repeat(MAX_METRIC_PREFIX_BYTES)),
+        "ring_buffer:\n  size_bytes: 268435456\nprobes:\n  exec:\n  exit:\n  file_open:\n  syscalls:\n".to_string(),
+    ];
+    for yaml in &ok {
+        if let Err(err) = parse(yaml) {
+            panic!("at the cap, refused: {err}");
+        }
+    }
+    // column of the 65th bound: after "    buckets: [" and 64 bounds with ", "
+    let bound_65 = 15 + bounds(MAX_BUCKET_BOUNDS).len() + 2;
+    let cases: Vec<(String, usize, usize, &[&str])> = vec![
+        (
+            format!("probes:\n  syscalls:\n    buckets: [{}]\n", bounds(100)),
+            3,
+            bound_65,
+            &["buckets[64]", "at most 64 bucket bounds"],
+        ),
+        (format!("const_labels:\n{}probes:\n  exec:\n", labels(40)), 34, 3, &["at most 32 constant labels"]),
+        (
+            format!("const_labels:\n  {}: v\nprobes:\n  exec:\n", "n".repeat(129)),
+            2,
+            3,
+            &["label name `nnnn", "is 129 bytes, over the limit of 128"],
+        ),
+        (
+            format!("const_labels:\n  env: {}\nprobes:\n  exec:\n", "v".repeat(1025)),
+            2,
+            8,
+            &["label value `vvvv", "is 1025 bytes, over the limit of 1024"],
+        ),
+        (
+            format!("metric_prefix: {}\nprobes:\n  exec:\n", "p".repeat(65)),
+            1,
+            16,
+            &["is 65 bytes, over the limit of 64"],
+        ),
+    ];
+    assert_refused_at(&cases);
+}
+
+/// A directory of test files, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("sonde-config-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).expect("write test file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+    // SAFETY: c_path is a valid NUL-terminated string for the call's duration.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}: {}", path.display(), std::io::Error::last_os_error());
+}
+
+/// Runs `f` on another thread, failing the test rather than hanging if it
+/// blocks.
+fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5)).expect("returns at once, without blocking")
+}
+
+#[test]
+fn load_refuses_what_is_not_a_regular_file() {
+    let dir = TempDir::new("kinds");
+    let fifo = dir.0.join("fifo.yaml");
+    mkfifo(&fifo);
+    let cases = [
+        (fifo.clone(), "it is a FIFO (named pipe), not a regular file"),
+        (dir.0.clone(), "it is a directory, not a regular file"),
+        (PathBuf::from("/dev/null"), "it is a character device, not a regular file"),
+    ];
+    for (path, want) in cases {
+        let err = within_seconds(move || Config::load(&path, &catalog()).map(|_| ()).map_err(|e| e.to_string()))
+            .expect_err("not a regular file");
+        assert!(err.ends_with(want), "{err}");
+    }
+    // a FIFO swapped in after the kind was checked: the open does not wait
+    // for a writer, and the open file is checked again
+    let err = within_seconds(move || super::open_nonblocking(&fifo).map(|_| ()).map_err(|e| e.to_string()))
+        .expect_err("a FIFO");
+    assert!(err.contains("FIFO"), "{err}");
+    // a symlink to a regular file is followed
+    let target = dir.file("real.yaml", b"probes:\n  exec:\n");
+    let link = dir.0.join("link.yaml");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    Config::load(&link, &catalog()).expect("a symlink to a config");
+}
+
+#[test]
+fn load_refuses_a_file_over_the_size_cap_without_reading_it() {
+    let dir = TempDir::new("size");
+    // sparse: 50 MB long, nothing written
+    let big = dir.0.join("big.yaml");
+    std::fs::File::create(&big).and_then(|f| f.set_len(50_000_000)).expect("sparse file");
+    let err = Config::load(&big, &catalog()).expect_err("too big");
+    assert!(matches!(err, ConfigError::TooLarge { size: 50_000_000, .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("{}: config is 50000000 bytes, over the limit of 1048576 bytes (1 MiB); not parsed", big.display())
+    );
+    // one byte over
+    let over = dir.file("over.yaml", &vec![b'#'; MAX_CONFIG_BYTES as usize + 1]);
+    assert!(matches!(Config::load(&over, &catalog()), Err(ConfigError::TooLarge { size: 1_048_577, .. })));
+    // at the cap: read and parsed
+    let mut at_cap = b"probes:\n  exec:\n".to_vec();
+    at_cap.resize(MAX_CONFIG_BYTES as usize, b'\n');
+    Config::load(&dir.file("at-cap.yaml", &at_cap), &catalog()).expect("a config of exactly the cap");
+}
+
+#[test]
+fn load_reads_bytes_a_bom_and_reports_bad_utf8_where_it_is() {
+    let dir = TempDir::new("utf8");
+    let bom = dir.file("bom.yaml", b"\xEF\xBB\xBFlisten: \"127.0.0.1:9\"\r\nprobes:\r\n  exec:\r\n");
+    assert_eq!(Config::load(&bom, &catalog()).expect("BOM and CRLF").listen.to_string(), "127.0.0.1:9");
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("latin1.yaml", b"probes:\n  exec:\n    filter:\n      comm: [caf\xE9]\n", ":4:17: invalid UTF-8: byte 0xE9"),
+        ("bom-bad.yaml", b"\xEF\xBB\xBFa\xFF: 1\n", ":1:2: invalid UTF-8: byte 0xFF"),
+        ("truncated.yaml", b"probes:\n  \xC3", ":2:3: invalid UTF-8: the file ends in the middle of a character"),
+        ("utf16.yaml", b"\xFF\xFEp\0r\0", ":1:1: invalid UTF-8: the file is UTF-16"),
+    ];
+    for (name, bytes, want) in cases {
+        let path = dir.file(name, bytes);
+        let err = Config::load(&path, &catalog()).expect_err("not UTF-8").to_string();
+        assert!(err.starts_with(&format!("{}{want}", path.display())), "{err}");
+    }
+}

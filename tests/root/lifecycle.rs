@@ -1,6 +1,6 @@
 //! The agent as a process: bad input, start-up, shutdown, drops, strict mode.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 
@@ -34,17 +34,28 @@ fn expect(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
 
 fn bad_config() -> Result<(), Failed> {
     let before = kernel::baseline_programs();
-    let config = ConfigFile::new("listen: \"127.0.0.1:0\"\nprobes:\n  exec: {}\n  nosuch: {}\n");
-    let path = config.path.display().to_string();
-    for args in [vec!["run", "--config", path.as_str()], vec!["check", "--config", path.as_str()]] {
-        let out = sonde(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        expect(out.status.code() == Some(2), format!("{args:?}: exit {:?}, want 2; stderr: {stderr}", out.status))?;
-        let want = format!("{path}:4:3: ");
-        expect(
-            stderr.contains(&want) && stderr.contains("unknown probe `nosuch`"),
-            format!("{args:?}: stderr {stderr:?} lacks {want:?}"),
-        )?;
+    let cases = [
+        ("listen: \"127.0.0.1:0\"\nprobes:\n  exec: {}\n  nosuch: {}\n".to_string(), "4:3", "unknown probe `nosuch`"),
+        // hostile: nested 100,000 deep, which cost the parser 38 s of CPU;
+        // refused at the level past the limit before the parser runs
+        (format!("probes:\n  exec: {}\n", "[".repeat(100_000)), "2:39", "nested more than 32 deep"),
+    ];
+    for (yaml, at, message) in cases {
+        let config = ConfigFile::new(&yaml);
+        let path = config.path.display().to_string();
+        for args in [vec!["run", "--config", path.as_str()], vec!["check", "--config", path.as_str()]] {
+            let started = Instant::now();
+            let out = sonde(&args);
+            let took = started.elapsed();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            expect(out.status.code() == Some(2), format!("{args:?}: exit {:?}, want 2; stderr: {stderr}", out.status))?;
+            let want = format!("{path}:{at}: ");
+            expect(
+                stderr.contains(&want) && stderr.contains(message),
+                format!("{args:?}: stderr {stderr:?} lacks {want:?} and {message:?}"),
+            )?;
+            expect(took < Duration::from_secs(5), format!("{args:?}: took {took:?}"))?;
+        }
     }
     expect(kernel::sonde_programs_become(before) == before, "a bad config must load nothing")
 }
