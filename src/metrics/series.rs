@@ -166,14 +166,7 @@ impl SeriesTable {
             for d in &self.counters.dropped {
                 d.inc();
             }
-            let slot = match self.overflow {
-                Some(slot) => slot,
-                None => {
-                    let slot = self.add(Key::default(), true);
-                    self.overflow = Some(slot);
-                    slot
-                }
-            };
+            let slot = self.overflow_slot();
             if self.index.len() < self.limits.series.saturating_add(FOLDED_MEMORY.max(self.limits.series)) {
                 self.index.insert(key, slot);
             }
@@ -219,15 +212,20 @@ impl SeriesTable {
 
     /// Sets the overflow series' cells (kept in the kernel too).
     pub fn set_overflow(&mut self, cells: &[u64]) {
-        let slot = match self.overflow {
+        let slot = self.overflow_slot();
+        self.store(slot, cells);
+    }
+
+    /// The overflow series' slot, created the first time it is needed.
+    fn overflow_slot(&mut self) -> u32 {
+        match self.overflow {
             Some(slot) => slot,
             None => {
                 let slot = self.add(Key::default(), true);
                 self.overflow = Some(slot);
                 slot
             }
-        };
-        self.store(slot, cells);
+        }
     }
 
     fn store(&self, slot: u32, cells: &[u64]) {

@@ -8,6 +8,7 @@ use libtest_mimic::{Failed, Trial};
 
 use crate::agent::{Agent, Metrics};
 use crate::kernel;
+use crate::lifecycle::expect;
 use crate::workload::{self, Cgroup, NamedBinary};
 
 pub fn trials() -> Vec<Trial> {
@@ -31,14 +32,6 @@ pub fn trials() -> Vec<Trial> {
         trials.push(Trial::test("all_probes_failing_keeps_serving_and_exits_0", all_probes_failing));
     }
     trials
-}
-
-fn expect(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
 }
 
 fn check(what: &str, got: f64, want: f64) -> Result<(), Failed> {

@@ -24,7 +24,8 @@ pub fn trials() -> Vec<Trial> {
     trials
 }
 
-fn expect(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
+/// Ok when `cond` holds, else the failure `what`.
+pub fn expect(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
     if cond {
         Ok(())
     } else {
