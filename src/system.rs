@@ -15,6 +15,11 @@ pub enum SystemError {
     NotPrivileged,
     #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
     Tracefs(std::io::Error),
+    #[error(
+        "tracefs is mounted at {0} but this process may not read it ({1}); it is usually mode 0700 and \
+         owned by root: run as root, or grant CAP_DAC_READ_SEARCH (see docs/deployment.md)"
+    )]
+    TracefsUnreadable(String, std::io::Error),
 }
 
 /// Effective capability bits of this process.
@@ -61,8 +66,16 @@ pub fn prepare() -> Result<(), SystemError> {
 /// libbpf finds tracepoint ids in tracefs; many hosts and containers do not
 /// mount it.
 fn ensure_tracefs() -> Result<(), SystemError> {
-    if Path::new(TRACEFS).join("events").is_dir() || Path::new(DEBUGFS_TRACING).join("events").is_dir() {
-        return Ok(());
+    for dir in [TRACEFS, DEBUGFS_TRACING] {
+        match std::fs::metadata(Path::new(dir).join("events")) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            // Mounted, but closed to this process: mounting it again would
+            // not help, and "not mounted" would send the user the wrong way.
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(SystemError::TracefsUnreadable(dir.to_string(), err));
+            }
+            _ => {}
+        }
     }
     let rc = unsafe {
         libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
