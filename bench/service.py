@@ -363,9 +363,10 @@ class Agent:
             self.stop()
             raise CaseFailed(f"probe(s) not up: {', '.join(down)}: {read_tail(self.log_path)}")
 
-    def cpu_s(self):
-        """utime+stime of the agent so far, in seconds."""
-        return harness.cpu_ns(self.p.pid)[1] / 1e9
+    def cpu_ns(self):
+        """The agent's CPU time so far: (run time of its threads from
+        schedstat, utime+stime from /proc/PID/stat), in ns."""
+        return harness.cpu_ns(self.p.pid)
 
     def stop(self):
         if self.p.poll() is not None:
@@ -373,6 +374,11 @@ class Agent:
             self.ctx.procs.stop(self.p)
             raise CaseFailed(f"sonde exited early with status {code}: {read_tail(self.log_path)}")
         self.ctx.procs.stop(self.p)
+
+
+def cpu_pct(before, after, seconds):
+    """Agent CPU over a window in % of one CPU: schedstat's and utime+stime's."""
+    return tuple(100 * (b - a) / 1e9 / seconds for a, b in zip(before, after))
 
 
 # --------------------------------------------------------------------------
@@ -550,16 +556,16 @@ def run_nginx(ctx, case):
     try:
         wrk(ctx, WARMUP_S)
         stats_before = stats_on_globally()
-        cpu0 = agent.cpu_s() if agent else 0.0
+        cpu0 = agent.cpu_ns() if agent else None
         others = OtherWork()
         res = wrk(ctx, ctx.seconds)
         res["others_cpu_pct"] = others.cpu_pct()
-        cpu1 = agent.cpu_s() if agent else 0.0
+        cpu1 = agent.cpu_ns() if agent else None
         res["foreign_tracing"] = foreign_tracing(agent)
         res["bpf_stats_were_on"] = stats_before or stats_on_globally()
         res["loadavg"] = harness.loadavg()
         if agent:
-            res["agent_cpu_pct"] = 100 * (cpu1 - cpu0) / res["duration_s"]
+            res["agent_cpu_pct"], res["agent_cpu_pct_ticks"] = cpu_pct(cpu0, cpu1, res["duration_s"])
             res["probes_up"] = agent.up
     finally:
         if agent:
@@ -610,12 +616,12 @@ def run_find(ctx, case):
     agent = Agent(ctx, case, bpf_stats=False) if case.has_agent else None
     try:
         find_once(ctx.args.find_tree)
-        cpu0 = agent.cpu_s() if agent else 0.0
+        cpu0 = agent.cpu_ns() if agent else None
         others = OtherWork()
         t0 = time.perf_counter()
         times = [find_once(ctx.args.find_tree) for _ in range(ctx.args.find_runs)]
         wall = time.perf_counter() - t0
-        cpu1 = agent.cpu_s() if agent else 0.0
+        cpu1 = agent.cpu_ns() if agent else None
         res = {
             "runs_s": times,
             "s_per_run": sum(times) / len(times),
@@ -624,7 +630,7 @@ def run_find(ctx, case):
             "loadavg": harness.loadavg(),
         }
         if agent:
-            res["agent_cpu_pct"] = 100 * (cpu1 - cpu0) / wall
+            res["agent_cpu_pct"], res["agent_cpu_pct_ticks"] = cpu_pct(cpu0, cpu1, wall)
     finally:
         if agent:
             agent.stop()
@@ -632,11 +638,16 @@ def run_find(ctx, case):
 
 
 def attempt(step, ctx, case):
+    """One step of one case; its failure is recorded, and the run goes on
+    unless the benchmark itself broke (BenchError)."""
     try:
         return step(ctx, case)
     except CaseFailed as err:
-        log(f"    {case.name}: FAILED: {err}")
-        return {"error": str(err)}
+        reason = str(err)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, ZeroDivisionError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    log(f"    {case.name}: FAILED: {reason}")
+    return {"error": reason}
 
 
 def one_round(ctx, cases, index):
@@ -933,10 +944,15 @@ measured run, in % of one CPU, median over rounds. It misses processes that
 ended within the run, so it is a lower bound; where it is high, nginx and
 find lost CPU to someone else, and the row is to be read with care.
 
-**Agent CPU.** utime + stime of the agent (`/proc/PID/stat`, clock-tick
-resolution) over the measured wrk run, as a percentage of one CPU. It does
-not include the BPF programs, which run in the context of the traced
-processes (nginx, wrk and everything else on the node).
+**Agent CPU.** The run time of the agent's threads
+(`/proc/PID/task/*/schedstat`, in ns) over the measured wrk run, as a
+percentage of one CPU. utime + stime from `/proc/PID/stat` counts the same
+time in clock ticks of {1000 // harness.CLK_TCK} ms, steps of
+{100 / harness.CLK_TCK / a.seconds:.3f} % over a {a.seconds} s run, too
+coarse for an agent that aggregates in the kernel; it is in the raw numbers
+as `agent_cpu_pct_ticks`. Neither includes the BPF programs, which run in
+the context of the traced processes (nginx, wrk and everything else on the
+node).
 
 **BPF cost.** `kernel.bpf_stats_enabled` adds two clock reads to every
 program run, so req/s and agent CPU come from runs *without* it, and the
