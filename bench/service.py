@@ -701,6 +701,10 @@ def median_of(rounds, step, name, key):
     return statistics.median(vals) if vals else None
 
 
+def value_range(rounds, step, name, key):
+    return spread([r[key] for r in (ok(rnd, step, name) for rnd in rounds) if r])
+
+
 def spread(vals):
     return (min(vals), max(vals)) if vals else None
 
@@ -726,6 +730,7 @@ def summarize(rounds, cases):
             "agent_cpu_pct": median_of(rounds, "nginx", case.name, "agent_cpu_pct"),
             "others_cpu_pct": median_of(rounds, "nginx", case.name, "others_cpu_pct"),
             "nginx_rounds": len([1 for rnd in rounds if ok(rnd, "nginx", case.name)]),
+            "requests_per_s_range": value_range(rounds, "nginx", case.name, "requests_per_s"),
             "nginx_errors": errors(rounds, "nginx", case.name),
             "bpf": summarize_bpf(rounds, case.name),
             "bpf_errors": errors(rounds, "bpf", case.name),
@@ -735,6 +740,7 @@ def summarize(rounds, cases):
             "find_agent_cpu_pct": median_of(rounds, "find", case.name, "agent_cpu_pct"),
             "find_others_cpu_pct": median_of(rounds, "find", case.name, "others_cpu_pct"),
             "find_rounds": len([1 for rnd in rounds if ok(rnd, "find", case.name)]),
+            "find_s_range": value_range(rounds, "find", case.name, "s_per_run"),
             "find_errors": errors(rounds, "find", case.name),
         }
     return s
@@ -875,6 +881,22 @@ def find_table(cases, s):
     return lines
 
 
+def noise_floor(s, key, what, unit, digits):
+    """How far `none` alone moved between rounds: losses inside that band
+    are not told apart from zero."""
+    row = s.get("none")
+    if not row or not row[key]:
+        return []
+    lo, hi = row[key]
+    mid = (lo + hi) / 2
+    return [
+        f"Noise floor: with no agent, {what} ranged from {lo:,.{digits}f} to {hi:,.{digits}f} {unit} over the rounds "
+        f"(±{100 * (hi - lo) / 2 / mid:.0f} % around the middle); "
+        "a loss within that band is not told apart from zero.",
+        "",
+    ]
+
+
 def notes(cases, s, rounds):
     out = []
     for case in cases:
@@ -965,7 +987,9 @@ kernel time per program run (a probe on a syscall's entry and exit runs
 twice per call), *runs/s* counts every process on the node, and *BPF CPU %*
 is their product as a share of one CPU. Per-case figures sum the probes;
 ns/run is then weighted by runs. The BPF ns include bpf_stats' own clock
-reads.
+reads. When req/s moves between runs by more than a probe costs (see the
+noise floor under the table), BPF CPU % is the steadier measure of that
+cost: it is counted by the kernel, not inferred from a throughput.
 
 **Second workload.** `find {a.find_tree} -xdev -printf '%s %p\\n' > /dev/null`
 pinned to CPU {NGINX_CPU}: a stat, and for directories an open and
@@ -1028,6 +1052,7 @@ def render_doc(ctx, cases, s, rounds, command, run_seconds):
         "",
         *nginx_table(cases, s),
         "",
+        *noise_floor(s, "requests_per_s_range", "req/s", "req/s", 0),
         "BPF programs per probe (runs with `--bpf-stats`, same load):",
         "",
         *probe_table(cases, s),
@@ -1039,6 +1064,7 @@ def render_doc(ctx, cases, s, rounds, command, run_seconds):
         "",
         *find_table(cases, s),
         "",
+        *noise_floor(s, "find_s_range", "a find run", "s", 3),
     ]
     if note_lines:
         lines += ["## Notes", "", *note_lines, ""]
@@ -1149,11 +1175,14 @@ def main():
         "",
         *nginx_table(cases, s),
         "",
+        *noise_floor(s, "requests_per_s_range", "req/s", "req/s", 0),
         *probe_table(cases, s),
         "",
         "## find",
         "",
         *find_table(cases, s),
+        "",
+        *noise_floor(s, "find_s_range", "a find run", "s", 3),
     ]
     note_lines = notes(cases, s, rounds)
     if note_lines:
