@@ -62,6 +62,7 @@ FILE_BYTES = 1400
 FIND_TREE = "/usr"
 # Below this much CPU (% of one) used by the rest of the machine, it is quiet.
 QUIET_CPU_PCT = 10
+QUIET_SAMPLE_S = 5
 
 NGINX_CONF = """\
 daemon off;
@@ -363,9 +364,10 @@ class Agent:
             self.stop()
             raise CaseFailed(f"probe(s) not up: {', '.join(down)}: {read_tail(self.log_path)}")
 
-    def cpu_s(self):
-        """utime+stime of the agent so far, in seconds."""
-        return harness.cpu_ns(self.p.pid)[1] / 1e9
+    def cpu_ns(self):
+        """The agent's CPU time so far: (run time of its threads from
+        schedstat, utime+stime from /proc/PID/stat), in ns."""
+        return harness.cpu_ns(self.p.pid)
 
     def stop(self):
         if self.p.poll() is not None:
@@ -373,6 +375,11 @@ class Agent:
             self.ctx.procs.stop(self.p)
             raise CaseFailed(f"sonde exited early with status {code}: {read_tail(self.log_path)}")
         self.ctx.procs.stop(self.p)
+
+
+def cpu_pct(before, after, seconds):
+    """Agent CPU over a window in % of one CPU: schedstat's and utime+stime's."""
+    return tuple(100 * (b - a) / 1e9 / seconds for a, b in zip(before, after))
 
 
 # --------------------------------------------------------------------------
@@ -512,27 +519,26 @@ class OtherWork:
 
 def wait_quiet(ctx):
     """Before a round: waits up to --quiet-wait s for the rest of the
-    machine to go idle and for other tracing BPF programs to go away."""
+    machine to go idle. Other tracing programs are only reported (in the
+    notes): a long-lived one would hold every round for nothing."""
     if ctx.args.quiet_wait <= 0:
         return
     deadline = time.monotonic() + ctx.args.quiet_wait
     told = False
     while True:
         window = OtherWork()
-        time.sleep(2)
-        busy, foreign = window.cpu_pct(), foreign_tracing(None) or []
-        if busy < QUIET_CPU_PCT and not foreign:
+        time.sleep(QUIET_SAMPLE_S)
+        busy = window.cpu_pct()
+        if busy < QUIET_CPU_PCT:
             return
         what = f"others use {busy:.0f} % of a CPU"
-        if foreign:
-            what += f", tracing programs loaded: {', '.join(foreign)}"
         if time.monotonic() >= deadline:
             log(f"  not quiet after {ctx.args.quiet_wait:g} s ({what}); measuring anyway")
             return
         if not told:
             log(f"  waiting up to {ctx.args.quiet_wait:g} s for a quiet machine ({what})")
             told = True
-        time.sleep(3)
+        time.sleep(1)
 
 
 # --------------------------------------------------------------------------
@@ -550,16 +556,16 @@ def run_nginx(ctx, case):
     try:
         wrk(ctx, WARMUP_S)
         stats_before = stats_on_globally()
-        cpu0 = agent.cpu_s() if agent else 0.0
+        cpu0 = agent.cpu_ns() if agent else None
         others = OtherWork()
         res = wrk(ctx, ctx.seconds)
         res["others_cpu_pct"] = others.cpu_pct()
-        cpu1 = agent.cpu_s() if agent else 0.0
+        cpu1 = agent.cpu_ns() if agent else None
         res["foreign_tracing"] = foreign_tracing(agent)
         res["bpf_stats_were_on"] = stats_before or stats_on_globally()
         res["loadavg"] = harness.loadavg()
         if agent:
-            res["agent_cpu_pct"] = 100 * (cpu1 - cpu0) / res["duration_s"]
+            res["agent_cpu_pct"], res["agent_cpu_pct_ticks"] = cpu_pct(cpu0, cpu1, res["duration_s"])
             res["probes_up"] = agent.up
     finally:
         if agent:
@@ -610,12 +616,12 @@ def run_find(ctx, case):
     agent = Agent(ctx, case, bpf_stats=False) if case.has_agent else None
     try:
         find_once(ctx.args.find_tree)
-        cpu0 = agent.cpu_s() if agent else 0.0
+        cpu0 = agent.cpu_ns() if agent else None
         others = OtherWork()
         t0 = time.perf_counter()
         times = [find_once(ctx.args.find_tree) for _ in range(ctx.args.find_runs)]
         wall = time.perf_counter() - t0
-        cpu1 = agent.cpu_s() if agent else 0.0
+        cpu1 = agent.cpu_ns() if agent else None
         res = {
             "runs_s": times,
             "s_per_run": sum(times) / len(times),
@@ -624,7 +630,7 @@ def run_find(ctx, case):
             "loadavg": harness.loadavg(),
         }
         if agent:
-            res["agent_cpu_pct"] = 100 * (cpu1 - cpu0) / wall
+            res["agent_cpu_pct"], res["agent_cpu_pct_ticks"] = cpu_pct(cpu0, cpu1, wall)
     finally:
         if agent:
             agent.stop()
@@ -632,11 +638,16 @@ def run_find(ctx, case):
 
 
 def attempt(step, ctx, case):
+    """One step of one case; its failure is recorded, and the run goes on
+    unless the benchmark itself broke (BenchError)."""
     try:
         return step(ctx, case)
     except CaseFailed as err:
-        log(f"    {case.name}: FAILED: {err}")
-        return {"error": str(err)}
+        reason = str(err)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, ZeroDivisionError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    log(f"    {case.name}: FAILED: {reason}")
+    return {"error": reason}
 
 
 def one_round(ctx, cases, index):
@@ -690,6 +701,10 @@ def median_of(rounds, step, name, key):
     return statistics.median(vals) if vals else None
 
 
+def value_range(rounds, step, name, key):
+    return spread([r[key] for r in (ok(rnd, step, name) for rnd in rounds) if r])
+
+
 def spread(vals):
     return (min(vals), max(vals)) if vals else None
 
@@ -715,6 +730,7 @@ def summarize(rounds, cases):
             "agent_cpu_pct": median_of(rounds, "nginx", case.name, "agent_cpu_pct"),
             "others_cpu_pct": median_of(rounds, "nginx", case.name, "others_cpu_pct"),
             "nginx_rounds": len([1 for rnd in rounds if ok(rnd, "nginx", case.name)]),
+            "requests_per_s_range": value_range(rounds, "nginx", case.name, "requests_per_s"),
             "nginx_errors": errors(rounds, "nginx", case.name),
             "bpf": summarize_bpf(rounds, case.name),
             "bpf_errors": errors(rounds, "bpf", case.name),
@@ -724,6 +740,7 @@ def summarize(rounds, cases):
             "find_agent_cpu_pct": median_of(rounds, "find", case.name, "agent_cpu_pct"),
             "find_others_cpu_pct": median_of(rounds, "find", case.name, "others_cpu_pct"),
             "find_rounds": len([1 for rnd in rounds if ok(rnd, "find", case.name)]),
+            "find_s_range": value_range(rounds, "find", case.name, "s_per_run"),
             "find_errors": errors(rounds, "find", case.name),
         }
     return s
@@ -864,6 +881,22 @@ def find_table(cases, s):
     return lines
 
 
+def noise_floor(s, key, what, unit, digits):
+    """How far `none` alone moved between rounds: losses inside that band
+    are not told apart from zero."""
+    row = s.get("none")
+    if not row or not row[key]:
+        return []
+    lo, hi = row[key]
+    mid = (lo + hi) / 2
+    return [
+        f"Noise floor: with no agent, {what} ranged from {lo:,.{digits}f} to {hi:,.{digits}f} {unit} over the rounds "
+        f"(±{100 * (hi - lo) / 2 / mid:.0f} % around the middle); "
+        "a loss within that band is not told apart from zero.",
+        "",
+    ]
+
+
 def notes(cases, s, rounds):
     out = []
     for case in cases:
@@ -926,17 +959,23 @@ the p99 latencies.
 
 **Other work.** The machine may be shared. Before each round the script
 waits up to {a.quiet_wait:g} s for the rest of the machine to use less than
-{QUIET_CPU_PCT} % of a CPU and for no other tracing BPF program to be loaded.
+{QUIET_CPU_PCT} % of a CPU over {QUIET_SAMPLE_S} s; tracing BPF programs of other
+processes are listed in the notes when there were any.
 *others' CPU %* is the utime + stime of every process that is neither the
 harness nor one of its descendants (nginx, wrk, find, the agent) over the
 measured run, in % of one CPU, median over rounds. It misses processes that
 ended within the run, so it is a lower bound; where it is high, nginx and
 find lost CPU to someone else, and the row is to be read with care.
 
-**Agent CPU.** utime + stime of the agent (`/proc/PID/stat`, clock-tick
-resolution) over the measured wrk run, as a percentage of one CPU. It does
-not include the BPF programs, which run in the context of the traced
-processes (nginx, wrk and everything else on the node).
+**Agent CPU.** The run time of the agent's threads
+(`/proc/PID/task/*/schedstat`, in ns) over the measured wrk run, as a
+percentage of one CPU. utime + stime from `/proc/PID/stat` counts the same
+time in clock ticks of {1000 // harness.CLK_TCK} ms, steps of
+{100 / harness.CLK_TCK / a.seconds:.3f} % over a {a.seconds} s run, too
+coarse for an agent that aggregates in the kernel; it is in the raw numbers
+as `agent_cpu_pct_ticks`. Neither includes the BPF programs, which run in
+the context of the traced processes (nginx, wrk and everything else on the
+node).
 
 **BPF cost.** `kernel.bpf_stats_enabled` adds two clock reads to every
 program run, so req/s and agent CPU come from runs *without* it, and the
@@ -948,7 +987,9 @@ kernel time per program run (a probe on a syscall's entry and exit runs
 twice per call), *runs/s* counts every process on the node, and *BPF CPU %*
 is their product as a share of one CPU. Per-case figures sum the probes;
 ns/run is then weighted by runs. The BPF ns include bpf_stats' own clock
-reads.
+reads. When req/s moves between runs by more than a probe costs (see the
+noise floor under the table), BPF CPU % is the steadier measure of that
+cost: it is counted by the kernel, not inferred from a throughput.
 
 **Second workload.** `find {a.find_tree} -xdev -printf '%s %p\\n' > /dev/null`
 pinned to CPU {NGINX_CPU}: a stat, and for directories an open and
@@ -1011,6 +1052,7 @@ def render_doc(ctx, cases, s, rounds, command, run_seconds):
         "",
         *nginx_table(cases, s),
         "",
+        *noise_floor(s, "requests_per_s_range", "req/s", "req/s", 0),
         "BPF programs per probe (runs with `--bpf-stats`, same load):",
         "",
         *probe_table(cases, s),
@@ -1022,6 +1064,7 @@ def render_doc(ctx, cases, s, rounds, command, run_seconds):
         "",
         *find_table(cases, s),
         "",
+        *noise_floor(s, "find_s_range", "a find run", "s", 3),
     ]
     if note_lines:
         lines += ["## Notes", "", *note_lines, ""]
@@ -1132,11 +1175,14 @@ def main():
         "",
         *nginx_table(cases, s),
         "",
+        *noise_floor(s, "requests_per_s_range", "req/s", "req/s", 0),
         *probe_table(cases, s),
         "",
         "## find",
         "",
         *find_table(cases, s),
+        "",
+        *noise_floor(s, "find_s_range", "a find run", "s", 3),
     ]
     note_lines = notes(cases, s, rounds)
     if note_lines:
