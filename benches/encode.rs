@@ -1,6 +1,7 @@
 //! In-process benchmarks of the two user-space costs that grow with load:
 //!
-//! - `encode/<n>`: rendering `/metrics` for a registry holding `n` series;
+//! - `encode/<n>`: rendering `/metrics` for a registry holding `n` counter
+//!   series (the `exec` probe after `n` distinct programs ran);
 //! - `event/<labels>`: the per-event hot path of the `syscalls` probe (the
 //!   ring buffer callback: received counter, decode, series lookup, counter
 //!   and histogram update) over a steady set of label sets.
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use sonde::config::Config;
+use sonde::decode::Header;
 use sonde::enrich::Enricher;
 use sonde::metrics::{Limits, Registry};
 use sonde::probes::syscalls::Event;
@@ -57,13 +59,24 @@ fn bytes(event: &Event) -> &[u8] {
     unsafe { plain::as_bytes(event) }
 }
 
-/// A registry with sonde's self-metrics plus the syscalls probe with `n`
-/// series (distinct comms).
+/// A registry with sonde's self-metrics plus the `exec` probe's counter
+/// with `n` series (distinct comms), as on a node where `n` programs ran.
 fn registry(n: usize) -> Registry {
-    let (registry, mut sink) = syscalls_sink("syscall, comm", n + 1);
+    let config = config("probes:\n  exec: {}\n");
+    let registry = Registry::new("sonde", &config.const_labels).expect("registry");
+    let settings = &config.probes[0];
+    let builtin = sonde::probes::Registry::builtin().get("exec").expect("exec probe");
+    let limits = Limits { series: n + 1, ttl: None };
+    let (mut sink, _) =
+        ProbeSink::new(settings, (builtin.decoder)(settings), &registry, limits, &NoEnrichers).expect("sink");
     for i in 0..n {
-        let event = new_event(format!("s-{i:06}").as_bytes(), 1000 + i as u64, 39);
-        sink.handle(bytes(&event)).expect("decodes");
+        // an exec record is the header alone
+        let mut header = Header::default();
+        for (dst, src) in header.comm.iter_mut().zip(format!("s-{i:06}").bytes()) {
+            *dst = src as i8;
+        }
+        // SAFETY: a plain C struct whose padding is spelled out as fields.
+        sink.handle(unsafe { plain::as_bytes(&header) }).expect("decodes");
     }
     registry
 }

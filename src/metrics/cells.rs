@@ -130,7 +130,15 @@ impl Layout {
                 let mut cumulative = 0u64;
                 for (i, le) in h.les.iter().enumerate() {
                     cumulative += cells[h.at + i];
-                    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+                    out.push_str(name);
+                    out.push_str("_bucket{");
+                    out.push_str(labels);
+                    out.push_str(sep);
+                    out.push_str("le=\"");
+                    out.push_str(le);
+                    out.push_str("\"} ");
+                    let _ = write!(out, "{cumulative}");
+                    out.push('\n');
                 }
                 let sum = cells[h.at + h.bounds.len() + 1] as f64 * h.scale;
                 sample(out, name, "_sum", labels, sum);
@@ -176,13 +184,20 @@ impl HistogramCells {
     }
 }
 
-/// One sample line; no braces when there are no labels.
+/// One sample line; no braces when there are no labels. Pieces are pushed
+/// as they are, and only the number goes through the formatter: a scrape of
+/// many series is mostly this function.
 fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, value: impl std::fmt::Display) {
-    let _ = if labels.is_empty() {
-        writeln!(out, "{name}{suffix} {value}")
-    } else {
-        writeln!(out, "{name}{suffix}{{{labels}}} {value}")
-    };
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() {
+        out.push('{');
+        out.push_str(labels);
+        out.push('}');
+    }
+    out.push(' ');
+    let _ = write!(out, "{value}");
+    out.push('\n');
 }
 
 #[cfg(test)]

@@ -137,10 +137,12 @@ impl ProbeFamilies {
     }
 
     fn regroup(&self, grouping: &mut Grouping) {
-        let (generation, entries) = self.published.snapshot();
-        if grouping.generation == Some(generation) {
+        // Checked before taking a snapshot: most scrapes see no new series,
+        // and a snapshot clones every entry's handle.
+        if grouping.generation == Some(self.published.generation()) {
             return;
         }
+        let (generation, entries) = self.published.snapshot();
         let mut complete = true;
         let mut rendered: Vec<(Arc<str>, Arc<Entry>)> = Vec::with_capacity(entries.len());
         for entry in entries {

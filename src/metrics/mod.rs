@@ -36,6 +36,8 @@ pub struct Registry {
     /// Names of sonde's own families, and every name their samples use.
     self_names: Vec<String>,
     probes: Mutex<Vec<Arc<ProbeFamilies>>>,
+    /// The size of the last scrape's text, plus room to grow.
+    last_len: std::sync::atomic::AtomicUsize,
     pub agent: SelfMetrics,
 }
 
@@ -49,6 +51,7 @@ impl Registry {
             prom,
             self_names,
             probes: Mutex::new(Vec::new()),
+            last_len: std::sync::atomic::AtomicUsize::new(0),
             agent,
         })
     }
@@ -96,7 +99,9 @@ impl Registry {
 
     /// Everything, in the Prometheus text format.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
-        let mut out = String::with_capacity(64 * 1024);
+        // As large as the last scrape, so that the text is not copied as it
+        // grows.
+        let mut out = String::with_capacity(self.last_len.load(std::sync::atomic::Ordering::Relaxed).max(64 * 1024));
         TextEncoder::new().encode_utf8(&self.prom.gather(), &mut out)?;
         let probes: Vec<Arc<ProbeFamilies>> = self.probes.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut order: Vec<(&str, &ProbeFamilies, usize)> =
@@ -105,6 +110,7 @@ impl Registry {
         for (_, families, index) in order {
             families.encode(index, &mut out);
         }
+        self.last_len.store(out.len() + out.len() / 8, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
     }
 }

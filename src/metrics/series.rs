@@ -53,6 +53,11 @@ pub struct Published {
 }
 
 impl Published {
+    /// The current generation: it moves whenever a series is added or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The live entries and the generation they belong to.
     pub fn snapshot(&self) -> (u64, Vec<Arc<Entry>>) {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
