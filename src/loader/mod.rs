@@ -331,10 +331,11 @@ where
             map.set_max_entries(table.keys + 1).map_err(LoadError::Open)?;
         }
         if let (Some(table), "agg_direct") = (table, map.name().to_str().unwrap_or_default()) {
-            if table.direct_keys > 0 {
-                map.set_value_size(table.cells * 8).map_err(LoadError::Open)?;
-                map.set_max_entries(table.direct_keys).map_err(LoadError::Open)?;
-            }
+            // Sized to the cells even when unused (one entry): a verifier
+            // that does not prune the unused branch still checks its
+            // accesses against this value size (seen on 6.1).
+            map.set_value_size(table.cells * 8).map_err(LoadError::Open)?;
+            map.set_max_entries(table.direct_keys.max(1)).map_err(LoadError::Open)?;
         }
     }
     if !sized {
