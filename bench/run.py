@@ -735,16 +735,19 @@ def ctx_scrapes(rss):
     return len(rss["default"]["scrape_ms"])
 
 
-def machine():
-    model = "unknown"
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, or "unknown"."""
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def machine():
     return {
         "nproc": os.cpu_count(),
-        "cpu": model,
+        "cpu": cpu_model(),
         "kernel": platform.release(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "bpftrace": subprocess.run(["bpftrace", "--version"], capture_output=True, text=True).stdout.strip()

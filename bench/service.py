@@ -136,15 +136,9 @@ def version_line(argv, pattern=r"(.*)"):
 
 
 def machine(sonde):
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
         "nproc": os.cpu_count(),
-        "cpu": model,
+        "cpu": harness.cpu_model(),
         "kernel": platform.release(),
         "nginx": version_line(["nginx", "-v"], r"(nginx/\S+)"),
         "wrk": version_line(["wrk", "-v"], r"^(.*?)\s*(?:Copyright|$)"),
