@@ -1,9 +1,15 @@
-//! The HTTP endpoint: `/metrics`, `/healthz`, `/` and `/-/reload`.
+//! The HTTP endpoint: `/metrics` (or the `--web.telemetry-path`),
+//! `/healthz`, `/` and `/-/reload`, over plain HTTP or TLS.
 //!
 //! It knows nothing of the agent: what it serves comes through [`Endpoints`].
 //! Every connection is accounted for, so clients that connect and then say
 //! nothing, or keep many connections open, cannot use up the descriptors
-//! that scrapes need: see [`Limits`].
+//! that scrapes need: see [`Limits`]. TLS and basic authentication come
+//! from the web config ([`crate::web`]), looked at again for each new
+//! connection and each request. `/healthz` answers without authentication
+//! (it tells only whether the probes have started), so that the kubelet's
+//! probes need no password; a TLS client certificate, when the web config
+//! requires one, is required of every connection, `/healthz`'s too.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -15,7 +21,10 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderMap, HeaderValue, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+    WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,6 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use crate::web::{Credentials, WebConfig, WebSettings};
 
 /// What the HTTP endpoint serves; implemented by the agent.
 pub trait Endpoints: Send + Sync + 'static {
@@ -71,13 +82,61 @@ impl Default for Limits {
     }
 }
 
+/// Where metrics are served unless `--web.telemetry-path` says otherwise.
+pub const DEFAULT_TELEMETRY_PATH: &str = "/metrics";
+
+/// What is served where, and the security it is served with.
+pub struct Site {
+    telemetry_path: String,
+    index: String,
+    web: WebConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry path {path:?}: {why}")]
+pub struct SiteError {
+    path: String,
+    why: &'static str,
+}
+
+impl Site {
+    /// Serves metrics at `telemetry_path` (an absolute path other than the
+    /// endpoint's own: `/`, `/healthz`, `/-/reload`).
+    pub fn new(telemetry_path: &str, web: WebConfig) -> Result<Site, SiteError> {
+        let refuse = |why| Err(SiteError { path: telemetry_path.to_string(), why });
+        if !telemetry_path.starts_with('/') {
+            return refuse("must start with /");
+        }
+        if telemetry_path.contains(['?', '#', '"', '<', '>']) || telemetry_path.chars().any(char::is_whitespace) {
+            return refuse("must be a plain path, without a query, fragment, quotes, angle brackets or spaces");
+        }
+        if Route::of(telemetry_path, DEFAULT_TELEMETRY_PATH).is_some_and(|route| route != Route::Metrics) {
+            return refuse("is one of the endpoint's own paths (/, /healthz, /-/reload)");
+        }
+        // Relative links keep working behind a proxy that serves sonde under a prefix.
+        let relative = telemetry_path.strip_prefix('/').unwrap_or(telemetry_path);
+        let index = format!(
+            "<!doctype html>\n<html><head><title>sonde</title></head><body>\n\
+             <h1>sonde</h1><p>eBPF probes exported as Prometheus metrics.</p>\n\
+             <ul><li><a href=\"{relative}\">{telemetry_path}</a></li><li><a href=\"healthz\">/healthz</a></li>\
+             <li>POST /-/reload re-reads the config</li></ul>\n</body></html>\n"
+        );
+        Ok(Site { telemetry_path: telemetry_path.to_string(), index, web })
+    }
+}
+
+impl Default for Site {
+    /// `/metrics`, plain HTTP, no authentication.
+    fn default() -> Site {
+        match Site::new(DEFAULT_TELEMETRY_PATH, WebConfig::none()) {
+            Ok(site) => site,
+            Err(err) => unreachable!("the default telemetry path is valid: {err}"),
+        }
+    }
+}
+
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
-const INDEX: &str = "<!doctype html>\n<html><head><title>sonde</title></head><body>\n\
-<h1>sonde</h1><p>eBPF probes exported as Prometheus metrics.</p>\n\
-<ul><li><a href=\"metrics\">/metrics</a></li><li><a href=\"healthz\">/healthz</a></li>\
-<li>POST /-/reload re-reads the config</li></ul>\n\
-</body></html>\n";
 
 /// Requests are a line and a few headers; this bounds the memory a
 /// connection can make the agent hold (hyper's minimum is 8 KiB).
@@ -95,6 +154,7 @@ pub async fn serve(
     listener: TcpListener,
     endpoints: Arc<dyn Endpoints>,
     limits: Limits,
+    site: Arc<Site>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Connections::new(limits.max_connections));
@@ -114,7 +174,14 @@ pub async fn serve(
                         );
                         continue;
                     };
-                    let conn = serve_connection(stream, registration, endpoints.clone(), limits, for_connections.clone());
+                    let conn = serve_connection(
+                        stream,
+                        registration,
+                        endpoints.clone(),
+                        limits,
+                        site.clone(),
+                        for_connections.clone(),
+                    );
                     tasks.spawn(conn);
                 }
                 Err(err) => recover_from_accept_error(&err, &connections).await,
@@ -166,23 +233,88 @@ async fn recover_from_accept_error(err: &std::io::Error, connections: &Connectio
 }
 
 /// Runs one connection until it ends, times out, is evicted or the agent
-/// shuts down.
+/// shuts down; with TLS, after a handshake that must end within the header
+/// timeout as the request head must.
 async fn serve_connection(
     stream: TcpStream,
     registration: Registration,
     endpoints: Arc<dyn Endpoints>,
     limits: Limits,
+    site: Arc<Site>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let state = registration.state.clone();
+    let settings = site.web.current();
+    match settings.tls() {
+        None => serve_http(stream, state, endpoints, limits, site, shutdown).await,
+        Some(acceptor) => {
+            let handshake = acceptor.accept(stream);
+            if let Some(stream) = until_ready(handshake, &state, &limits, &mut shutdown).await {
+                serve_http(stream, state, endpoints, limits, site, shutdown).await;
+            }
+        }
+    }
+    drop(registration);
+}
+
+/// Runs the TLS handshake until it ends, or the connection's header
+/// timeout passes, it is evicted or the agent shuts down.
+async fn until_ready<S>(
+    handshake: tokio_rustls::Accept<S>,
+    state: &ConnectionState,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::pin!(handshake);
+    loop {
+        if state.is_evicted() {
+            return None;
+        }
+        let deadline = state.deadline(limits);
+        let changed = state.changed.notified();
+        tokio::select! {
+            done = handshake.as_mut() => match done {
+                Ok(stream) => return Some(stream),
+                Err(err) => {
+                    tracing::debug!(error = %err, "TLS handshake failed");
+                    return None;
+                }
+            },
+            _ = sleep_until(deadline) => {
+                if state.deadline(limits).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!("closing a connection: no TLS handshake within the header timeout");
+                    return None;
+                }
+            }
+            _ = changed => {}
+            _ = stop_requested(shutdown) => return None,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on a connection (plain or after its TLS handshake).
+async fn serve_http<S>(
+    stream: S,
+    state: Arc<ConnectionState>,
+    endpoints: Arc<dyn Endpoints>,
+    limits: Limits,
+    site: Arc<Site>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
         let state = state.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             state.start_request();
             let endpoints = endpoints.clone();
+            let site = site.clone();
             let state = state.clone();
             async move {
-                let response = respond(&req, endpoints).await;
+                let response = respond(&req, endpoints, &site).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked { inner: body, state }))
             }
         })
@@ -418,13 +550,14 @@ impl Drop for Registration {
     }
 }
 
-/// The socket, reporting received bytes to the connection's state.
-struct Watched {
-    stream: TcpStream,
+/// The connection (above TLS, if any), reporting received bytes to its
+/// state.
+struct Watched<S> {
+    stream: S,
     state: Arc<ConnectionState>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
@@ -435,7 +568,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
@@ -501,9 +634,11 @@ enum Route {
 }
 
 impl Route {
-    fn of(path: &str) -> Option<Route> {
+    fn of(path: &str, telemetry_path: &str) -> Option<Route> {
+        if path == telemetry_path {
+            return Some(Route::Metrics);
+        }
         match path {
-            "/metrics" => Some(Route::Metrics),
             "/healthz" => Some(Route::Health),
             "/" => Some(Route::Index),
             "/-/reload" => Some(Route::Reload),
@@ -527,9 +662,15 @@ impl Route {
     }
 }
 
-async fn respond(req: &Request<Incoming>, endpoints: Arc<dyn Endpoints>) -> Response<Full<Bytes>> {
-    let Some(route) = Route::of(req.uri().path()) else {
-        return text(StatusCode::NOT_FOUND, "not found; try /metrics\n");
+async fn respond(req: &Request<Incoming>, endpoints: Arc<dyn Endpoints>, site: &Site) -> Response<Full<Bytes>> {
+    let route = Route::of(req.uri().path(), &site.telemetry_path);
+    if route != Some(Route::Health) && !authorized(site.web.current(), req.headers()).await {
+        let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"sonde\""));
+        return response;
+    }
+    let Some(route) = route else {
+        return text(StatusCode::NOT_FOUND, &format!("not found; try {}\n", site.telemetry_path));
     };
     if !route.allows(req.method()) {
         let mut response =
@@ -542,7 +683,7 @@ async fn respond(req: &Request<Incoming>, endpoints: Arc<dyn Endpoints>) -> Resp
         Route::Health if endpoints.ready() => text(StatusCode::OK, "ok\n"),
         Route::Health => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         Route::Index => {
-            with_type(Response::new(Full::new(Bytes::from_static(INDEX.as_bytes()))), "text/html; charset=utf-8")
+            with_type(Response::new(Full::new(Bytes::from(site.index.clone()))), "text/html; charset=utf-8")
         }
         Route::Reload => match tokio::task::spawn_blocking(move || endpoints.reload()).await {
             Ok(Ok(summary)) => text(StatusCode::OK, &with_newline(summary)),
@@ -550,6 +691,22 @@ async fn respond(req: &Request<Incoming>, endpoints: Arc<dyn Endpoints>) -> Resp
             Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("reload task failed: {err}\n")),
         },
     }
+}
+
+/// Whether the request may be answered: always without users to check,
+/// else when its basic-authentication credentials match. Credentials seen
+/// before are answered at once; new ones cost a bcrypt on a blocking
+/// thread.
+async fn authorized(settings: Arc<WebSettings>, headers: &HeaderMap) -> bool {
+    let Some(auth) = settings.auth() else { return true };
+    let Some(credentials) = headers.get(AUTHORIZATION).and_then(|v| Credentials::from_header(v.as_bytes())) else {
+        return false;
+    };
+    if auth.known(&credentials) {
+        return true;
+    }
+    let verified = tokio::task::spawn_blocking(move || settings.auth().is_some_and(|auth| auth.verify(&credentials)));
+    verified.await.unwrap_or(false)
 }
 
 /// Renders, and compresses if asked, on a blocking thread: both take
@@ -743,11 +900,105 @@ mod tests {
     }
 
     async fn start(endpoints: Fake, limits: Limits) -> Server {
+        start_site(endpoints, limits, Site::default()).await
+    }
+
+    async fn start_site(endpoints: Fake, limits: Limits, site: Site) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, Arc::new(endpoints), limits, shutdown));
+        let task = tokio::spawn(serve(listener, Arc::new(endpoints), limits, Arc::new(site), shutdown));
         Server { addr, stop, task }
+    }
+
+    /// A web config file (removed when dropped) in a directory of its own,
+    /// with a self-signed certificate beside it as cert.pem and key.pem.
+    struct WebFile {
+        dir: std::path::PathBuf,
+    }
+
+    impl WebFile {
+        fn new(yaml: &str) -> WebFile {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("sonde-http-test-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+            std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+            std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+            std::fs::write(dir.join("web.yml"), yaml).unwrap();
+            WebFile { dir }
+        }
+
+        fn site(&self, telemetry_path: &str) -> Site {
+            Site::new(telemetry_path, WebConfig::load(&self.dir.join("web.yml")).unwrap()).unwrap()
+        }
+    }
+
+    impl Drop for WebFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn a_telemetry_path_must_be_a_plain_path_of_its_own() {
+        for good in ["/metrics", "/custom/metrics", "/m"] {
+            assert!(Site::new(good, WebConfig::none()).is_ok(), "{good}");
+        }
+        for bad in ["metrics", "", "/", "/healthz", "/-/reload", "/a b", "/m?x=1", "/\"x"] {
+            assert!(Site::new(bad, WebConfig::none()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_at_the_telemetry_path_only() {
+        let site = Site::new("/custom/metrics", WebConfig::none()).unwrap();
+        let server = start_site(fake(), Limits::default(), site).await;
+        let mut client = Client::connect(server.addr).await;
+        let reply = client.request("GET", "/custom/metrics", &[]).await;
+        assert_eq!((reply.status, reply.text()), (200, exposition().as_str()));
+        let reply = client.request("GET", "/metrics", &[]).await;
+        assert_eq!((reply.status, reply.text()), (404, "not found; try /custom/metrics\n"));
+        assert!(client.request("GET", "/", &[]).await.text().contains("href=\"custom/metrics\""));
+    }
+
+    #[tokio::test]
+    async fn basic_auth_guards_every_path_but_healthz() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let web = WebFile::new(&format!("basic_auth_users:\n  alice: {hash}\n"));
+        let server = start_site(fake(), Limits::default(), web.site("/metrics")).await;
+        let mut client = Client::connect(server.addr).await;
+        // "alice:s3cret" and "alice:wrong"
+        let right = "Authorization: Basic YWxpY2U6czNjcmV0";
+        let wrong = "Authorization: Basic YWxpY2U6d3Jvbmc=";
+        for (method, path) in [("GET", "/metrics"), ("GET", "/"), ("POST", "/-/reload"), ("GET", "/nope")] {
+            for headers in [&[][..], &[wrong][..]] {
+                let reply = client.request(method, path, headers).await;
+                assert_eq!(reply.status, 401, "{method} {path} {headers:?}");
+                assert_eq!(reply.header("www-authenticate"), Some("Basic realm=\"sonde\""));
+            }
+        }
+        let reply = client.request("GET", "/metrics", &[right]).await;
+        assert_eq!((reply.status, reply.text()), (200, exposition().as_str()));
+        assert_eq!(client.request("POST", "/-/reload", &[right]).await.status, 200);
+        assert_eq!(client.request("GET", "/healthz", &[]).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_that_never_handshakes_is_closed_after_the_header_timeout() {
+        let web = WebFile::new("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n");
+        let server = start_site(fake(), limits(300, 60_000, 16), web.site("/metrics")).await;
+        let mut silent = Client::connect(server.addr).await;
+        let took = silent.closed_within(Duration::from_secs(3)).await.expect("closed");
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(2), "closed after {took:?}");
+        // A client speaking plain HTTP to it fails the handshake at once.
+        let mut plain = Client::connect(server.addr).await;
+        plain.stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(1), plain.stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "a plain-HTTP client was kept waiting");
+        assert!(!answer.starts_with(b"HTTP/"), "answered in plain HTTP over a TLS port");
     }
 
     #[derive(Debug)]

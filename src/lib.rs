@@ -23,3 +23,4 @@ pub mod scrape;
 pub mod sink;
 pub mod spec;
 pub mod system;
+pub mod web;

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use sonde::agent::{self, signals, Origin};
 use sonde::config::{self, Config, ConfigError};
+use sonde::http::{Site, SiteError, DEFAULT_TELEMETRY_PATH};
 use sonde::spec::{MetricKind, ProbeSettings};
+use sonde::web::{WebConfig, WebConfigError};
 use sonde::{loader, probes, system};
 
 /// Blocks the signals the agent handles before `main` runs, and before any
@@ -46,14 +48,25 @@ enum LogFormat {
     Json,
 }
 
-#[derive(clap::Args, Clone, Default)]
+/// Each flag also has the spelling Prometheus exporters share
+/// (`--web.listen-address`, `--config.file`, ...) beside sonde's own.
+#[derive(clap::Args, Clone)]
 struct RunArgs {
     /// YAML config file (default: the embedded default config)
-    #[arg(long, short, env = "SONDE_CONFIG")]
+    #[arg(long, short, visible_alias = "config.file", env = "SONDE_CONFIG")]
     config: Option<PathBuf>,
     /// Address to serve /metrics on, overriding the config's `listen`
-    #[arg(long, env = "SONDE_LISTEN")]
+    #[arg(long, visible_alias = "web.listen-address", env = "SONDE_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Path to serve the metrics on
+    #[arg(long = "web.telemetry-path", default_value = DEFAULT_TELEMETRY_PATH, env = "SONDE_TELEMETRY_PATH")]
+    telemetry_path: String,
+    /// Web config file: TLS, client certificates and basic auth, in the format Prometheus exporters share
+    #[arg(long = "web.config.file", env = "SONDE_WEB_CONFIG_FILE")]
+    web_config_file: Option<PathBuf>,
+    /// Validate the config (and the web config, if given) and exit, as `sonde check` does
+    #[arg(long = "config.check")]
+    config_check: bool,
     /// Exit with an error if any probe fails to load or attach
     #[arg(long)]
     strict: bool,
@@ -69,8 +82,11 @@ enum Command {
     /// Validate a config; with --attach also load and attach every probe, then detach
     Check {
         /// YAML config file (default: the embedded default config)
-        #[arg(long, short, env = "SONDE_CONFIG")]
+        #[arg(long, short, visible_alias = "config.file", env = "SONDE_CONFIG")]
         config: Option<PathBuf>,
+        /// Also validate this web config file (TLS and basic auth)
+        #[arg(long = "web.config.file", env = "SONDE_WEB_CONFIG_FILE")]
+        web_config_file: Option<PathBuf>,
         #[arg(long)]
         attach: bool,
     },
@@ -85,17 +101,19 @@ fn main() -> ExitCode {
         signals::unblock();
     }
     let result = match cli.command {
-        Some(Command::Run(args)) => run(args),
-        None => run(cli.run),
+        Some(Command::Run(args)) => run_or_check(args),
+        None => run_or_check(cli.run),
         // `sonde -c FILE check` names the file before the subcommand
-        Some(Command::Check { config, attach }) => check(config.or(cli.run.config), attach),
+        Some(Command::Check { config, web_config_file, attach }) => {
+            check(config.or(cli.run.config), web_config_file.or(cli.run.web_config_file), attach)
+        }
         Some(Command::Probes) => list_probes(),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            if let Some(config_err) = err.downcast_ref::<ConfigError>() {
-                eprintln!("sonde: {config_err}");
+            if err.is::<ConfigError>() || err.is::<WebConfigError>() || err.is::<SiteError>() {
+                eprintln!("sonde: {err}");
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
             eprintln!("sonde: error: {err:#}");
@@ -119,14 +137,37 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
     agent::load_config(path)
 }
 
+/// `sonde [run]`, or with `--config.check`, `sonde check`.
+fn run_or_check(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.config_check {
+        signals::unblock();
+        return check(args.config, args.web_config_file, false);
+    }
+    run(args)
+}
+
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Read before any probe is loaded: a bad web config stops the agent
+    // before it touches the kernel.
+    let site = Site::new(&args.telemetry_path, load_web_config(args.web_config_file.as_ref())?)?;
     let config = load_config(args.config.as_ref())?;
     let origin = Origin { path: args.config, listen: args.listen, strict: args.strict, bpf_stats: args.bpf_stats };
-    agent::run(config, origin)?;
+    agent::run(config, origin, site)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(path: Option<PathBuf>, attach: bool) -> anyhow::Result<ExitCode> {
+fn load_web_config(path: Option<&PathBuf>) -> Result<WebConfig, WebConfigError> {
+    match path {
+        Some(path) => WebConfig::load(path),
+        None => Ok(WebConfig::none()),
+    }
+}
+
+fn check(path: Option<PathBuf>, web_config: Option<PathBuf>, attach: bool) -> anyhow::Result<ExitCode> {
+    if let Some(web_config) = &web_config {
+        WebConfig::load(web_config)?;
+        println!("{}: ok (web config)", web_config.display());
+    }
     let config = load_config(path.as_ref())?;
     let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| config::DEFAULT_CONFIG_NAME.into());
     let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();

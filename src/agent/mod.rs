@@ -54,8 +54,8 @@ impl Origin {
     }
 }
 
-/// `sonde run`.
-pub fn run(config: Config, origin: Origin) -> Result<()> {
+/// `sonde run`, serving `site`.
+pub fn run(config: Config, origin: Origin, site: http::Site) -> Result<()> {
     let started = Instant::now();
     let config = origin.apply(config);
     system::tune_allocator();
@@ -80,7 +80,7 @@ pub fn run(config: Config, origin: Origin) -> Result<()> {
     let scraper = Arc::new(Scraper::new(registry.clone(), stats_guard.is_some() || bpf_stats::sysctl_enabled()));
     let endpoints = Arc::new(Endpoints { scraper: scraper.clone(), control: Mutex::new(control_tx) });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server = runtime.spawn(http::serve(listener, endpoints, http::Limits::default(), shutdown_rx));
+    let server = runtime.spawn(http::serve(listener, endpoints, http::Limits::default(), Arc::new(site), shutdown_rx));
 
     let reader = Reader::start(Duration::from_millis(config.ring_buffer.poll_interval_ms.into()))?;
     registry.agent.reload_success_time.set(unix_now());

@@ -30,7 +30,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 /// How the embedded default config is named in messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
 
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:19477";
 pub const DEFAULT_METRIC_PREFIX: &str = "sonde";
 pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
 /// Series not updated for this long are removed.
@@ -570,11 +570,11 @@ fn default_listen() -> SocketAddr {
 }
 
 fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    scalar(d, "an address such as 0.0.0.0:9477", |v| match v {
+    scalar(d, "an address such as 0.0.0.0:19477", |v| match v {
         Scalar::Str(s) => s.parse().map_err(|_| {
-            format!("invalid listen address {}: expected IP:PORT, e.g. 0.0.0.0:9477 or [::]:9477", quoted(s))
+            format!("invalid listen address {}: expected IP:PORT, e.g. 0.0.0.0:19477 or [::]:19477", quoted(s))
         }),
-        other => Err(format!("expected an address such as 0.0.0.0:9477, found {other}")),
+        other => Err(format!("expected an address such as 0.0.0.0:19477, found {other}")),
     })
 }
 

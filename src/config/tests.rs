@@ -40,7 +40,7 @@ fn embedded_default_enables_the_nearly_free_probes_with_defaults() {
 fn example_config_parses_to_what_it_documents() {
     let config = Config::parse(include_str!("../../config.example.yaml"), "config.example.yaml", &catalog())
         .expect("the example parses");
-    assert_eq!(config.listen.to_string(), "0.0.0.0:9477");
+    assert_eq!(config.listen.to_string(), "0.0.0.0:19477");
     assert_eq!(config.metric_prefix, "sonde");
     let labels: Vec<(&str, &str)> = config.const_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(labels, [("cluster", "prod-eu1"), ("rack", "07")]);
@@ -187,7 +187,7 @@ const BAD: &[Bad] = &[
     bad("- exec\n", 1, 1, &["sequence", "a config mapping"]),
     bad("listen: nope\nprobes:\n  exec:\n", 1, 9, &["invalid listen address `nope`", "IP:PORT"]),
     bad("listen: 0.0.0.0\nprobes:\n  exec:\n", 1, 9, &["`0.0.0.0`"]),
-    bad("listen: 9477\nprobes:\n  exec:\n", 1, 9, &["found 9477"]),
+    bad("listen: 19477\nprobes:\n  exec:\n", 1, 9, &["found 19477"]),
     bad("metric_prefix: 9bad\nprobes:\n  exec:\n", 1, 16, &["metric_prefix `9bad`", "[a-zA-Z_:]"]),
     bad("metric_prefix: my-agent\nprobes:\n  exec:\n", 1, 16, &["`my-agent`"]),
     bad("series_limit: 0\nprobes:\n  exec:\n", 1, 15, &["series_limit", "0 is out of range"]),

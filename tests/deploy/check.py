@@ -531,7 +531,7 @@ def check_privileges(results, overlay, resources):
 def check_listen_in_one_place(results, rendered, workdir):
     """Changing listen.yaml alone moves sonde, its container port and the
     Service port to the new port, and changes nothing else."""
-    moved_address, moved_port = "127.0.0.1:19477", 19477
+    moved_address, moved_port = "127.0.0.1:29477", 29477
     copy_root = workdir / "kubernetes"
     shutil.copytree(KUSTOMIZE_ROOT, copy_root)
     listen_file = copy_root / "base" / "listen.yaml"
@@ -669,7 +669,7 @@ def check_documented_scrape_config(results, workdir):
         if scrape.pop("kubernetes_sd_configs", None) is None:
             results.record("the documented scrape config", [f"job {scrape.get('job_name')} discovers no pods"])
             return
-        scrape["static_configs"] = [{"targets": ["sonde.invalid:9477"]}]
+        scrape["static_configs"] = [{"targets": ["sonde.invalid:19477"]}]
     path = workdir / "documented-scrape-config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     run_promtool(results, name, ["check", "config", str(path)])
