@@ -17,7 +17,9 @@ mod foundation;
 mod http;
 mod kernel;
 mod lifecycle;
+mod pki;
 mod probes;
+mod web;
 mod workload;
 
 use libtest_mimic::{Arguments, Trial};
@@ -36,6 +38,7 @@ fn main() {
     trials.extend(lifecycle::trials());
     trials.extend(foundation::trials());
     trials.extend(http::trials());
+    trials.extend(web::trials());
     let trials = trials.into_iter().map(|t| if root { t } else { t.with_ignored_flag(true) }).collect::<Vec<Trial>>();
     if !root {
         eprintln!(
