@@ -39,6 +39,19 @@ fn hash(password: &str) -> String {
 }
 
 #[test]
+fn the_example_in_the_docs_parses() {
+    let doc = include_str!("../../docs/config.md");
+    let blocks: Vec<&str> =
+        doc.split("```yaml web-config\n").skip(1).map(|rest| rest.split("```").next().unwrap_or_default()).collect();
+    assert_eq!(blocks.len(), 1, "docs/config.md has its web config example");
+    let file = parsed(blocks[0]);
+    let tls = file.tls.expect("the example has TLS");
+    assert_eq!(tls.client_auth, ClientAuth::RequireAndVerifyClientCert);
+    let hash = file.users.get("prometheus").expect("the example has a user");
+    assert!(bcrypt::verify("change me", hash).unwrap(), "the example's hash is not of the password it names");
+}
+
+#[test]
 fn an_empty_file_or_mapping_means_plain_http_without_authentication() {
     for text in ["", "# nothing yet\n", "{}", "---\n", "basic_auth_users:\n"] {
         assert_eq!(parsed(text), WebFile::default(), "{text:?}");
