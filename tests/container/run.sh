@@ -313,7 +313,10 @@ SH
         fi
         sleep 0.5
     done
-    echo "dockerd did not answer on $DOCKER_SOCK: $(grep -iE 'level=(fatal|error)|failed' "$RUN_DIR/dockerd.log" | tail -n 3)"
+    local why
+    why=$(grep -iE 'level=(fatal|error)|failed' "$RUN_DIR/dockerd.log" | tail -n 3)
+    [[ -n $why ]] || why=$(tail -n 3 "$RUN_DIR/dockerd.log")
+    echo "dockerd did not answer on $DOCKER_SOCK: ${why:-no output}"
     return 1
 }
 
