@@ -316,7 +316,7 @@ SH
     local why
     why=$(grep -iE 'level=(fatal|error)|failed' "$RUN_DIR/dockerd.log" | tail -n 3)
     [[ -n $why ]] || why=$(tail -n 3 "$RUN_DIR/dockerd.log")
-    echo "dockerd did not answer on $DOCKER_SOCK: ${why:-no output}"
+    echo "dockerd did not answer on $DOCKER_SOCK: $(tr -s "\n" " " <<<"${why:-no output}")"
     return 1
 }
 
