@@ -30,10 +30,11 @@ ENV RUSTFLAGS="-C target-feature=+crt-static" \
 # Cargo.toml or Cargo.lock change, not with every change to sonde's sources.
 # The stubs stand in for the build script and the crate's own targets.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches tests/root \
+# Every target Cargo.toml declares needs a file, or cargo refuses the manifest.
+RUN mkdir -p src benches tests/root tests/services \
  && echo 'fn main() {}' > build.rs \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs benches/encode.rs tests/root/main.rs
+ && touch src/lib.rs benches/encode.rs tests/root/main.rs tests/services/main.rs
 RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
     arch="$(uname -m)" \
  && LIBBPF_SYS_LIBRARY_PATH="/usr/lib/$arch-linux-gnu" \
