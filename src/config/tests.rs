@@ -50,10 +50,11 @@ fn example_config_parses_to_what_it_documents() {
     assert_eq!(config.series_limit, 20_000);
     assert_eq!(config.series_ttl, Some(Duration::from_secs(1800)));
     assert!(!config.bpf_stats && !config.strict);
+    assert_eq!(config.cri_socket.as_deref(), Some(std::path::Path::new("/run/containerd/containerd.sock")));
 
     let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
     assert_eq!(names, catalog().names(), "the example enables every probe");
-    assert_eq!(probe(&config, "exec").labels, ["comm"]);
+    assert_eq!(probe(&config, "exec").labels, ["comm", "namespace", "pod", "container"]);
     assert_eq!(probe(&config, "exit").labels, ["comm", "code", "signal"]);
     let file_open = probe(&config, "file_open");
     assert_eq!(file_open.labels, ["comm", "result"]);
