@@ -359,8 +359,130 @@ fn names_of(pods: ListPodSandboxResponse, containers: ListContainersResponse) ->
 
 #[cfg(test)]
 mod tests {
-    use super::super::cri::{Container, ContainerMetadata, PodSandbox, PodSandboxMetadata};
+    use std::os::unix::fs::MetadataExt;
+
+    use super::super::cri::{fake, Container, ContainerMetadata, PodSandbox, PodSandboxMetadata};
     use super::*;
+
+    const POD: &str = "kubepods/besteffort/pod5b6fa2d0-1c7e-4f3a-9d2b-8e4c6a0f1b3d";
+    const APP: &str = "3f1c9a0b7e6d5c4b3a29180716f5e4d3c2b1a09f8e7d6c5b4a3928170615f4e3";
+    const STRANGER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const DOCKER: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+    /// A directory tree standing in for the cgroup2 hierarchy: ids are its directories' inodes.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(tag: &str) -> Tree {
+            let dir = std::env::temp_dir().join(format!("sonde-containers-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Tree(dir)
+        }
+
+        fn cgroup(&self, path: &str) -> u64 {
+            let dir = self.0.join(path);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::metadata(&dir).unwrap().ino()
+        }
+
+        fn enricher(&self, socket: Option<&Path>) -> ContainerEnricher {
+            ContainerEnricher::new(Arc::new(CgroupEnricher::with_root(&self.0).unwrap()), socket).unwrap()
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Asks until the answer is no longer pending, as scrapes do.
+    fn settled(enricher: &ContainerEnricher, id: u64) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match enricher.resolve(id) {
+                Resolution::Known(values) => return values.to_vec(),
+                Resolution::Gone => panic!("cgroup {id} gone"),
+                Resolution::Pending => {
+                    assert!(Instant::now() < deadline, "cgroup {id} still pending");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    fn values(list: [&str; 5]) -> Vec<String> {
+        list.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn pods_containers_hosts_and_strangers_get_their_labels() {
+        let tree = Tree::new("labels");
+        let app = tree.cgroup(&format!("{POD}/{APP}"));
+        let stranger = tree.cgroup(&format!("{POD}/{STRANGER}"));
+        let docker = tree.cgroup(&format!("docker/{DOCKER}"));
+        let nginx = tree.cgroup("system.slice/nginx.service");
+        let runtime = fake::Server::start("labels");
+        runtime.set(&[("p1", "web", "shop")], &[(APP, "p1", "app")]);
+        let enricher = tree.enricher(Some(&runtime.socket));
+        assert_eq!(enricher.labels(), LABELS);
+        assert_eq!(settled(&enricher, app), values([APP, "app", "web", "shop", ""]));
+        // Not in the runtime's list: an id without names, asked once.
+        let lists = runtime.lists();
+        assert_eq!(settled(&enricher, stranger), values([STRANGER, "", "", "", ""]));
+        assert_eq!(settled(&enricher, stranger), values([STRANGER, "", "", "", ""]));
+        assert_eq!(runtime.lists(), lists + 1, "one listing for the unknown container, then remembered");
+        // Docker's own containers and host processes are answered without asking the runtime.
+        let lists = runtime.lists();
+        assert_eq!(enricher.resolve(docker).known().unwrap().to_vec(), values([DOCKER, "", "", "", ""]));
+        assert_eq!(enricher.resolve(nginx).known().unwrap().to_vec(), values(["", "", "", "", "nginx.service"]));
+        assert_eq!(runtime.lists(), lists);
+    }
+
+    #[test]
+    fn noticed_containers_are_named_before_any_scrape_and_gone_ones_leave_the_cache() {
+        let tree = Tree::new("notice");
+        let app = tree.cgroup(&format!("{POD}/{APP}"));
+        let runtime = fake::Server::start("notice");
+        runtime.set(&[("p1", "web", "shop")], &[(APP, "p1", "app")]);
+        let enricher = tree.enricher(Some(&runtime.socket));
+        enricher.notice(app);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !enricher.shared.lock().containers.contains_key(APP) {
+            assert!(Instant::now() < deadline, "the noticed container was not looked up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The container goes; the next listing (for another miss) drops it.
+        runtime.set(&[("p1", "web", "shop")], &[(STRANGER, "p1", "sidecar")]);
+        let sidecar = tree.cgroup(&format!("{POD}/{STRANGER}"));
+        assert_eq!(settled(&enricher, sidecar), values([STRANGER, "sidecar", "web", "shop", ""]));
+        assert!(!enricher.shared.lock().containers.contains_key(APP));
+    }
+
+    #[test]
+    fn a_runtime_that_does_not_answer_leaves_names_empty() {
+        let tree = Tree::new("absent");
+        let app = tree.cgroup(&format!("{POD}/{APP}"));
+        let nowhere = tree.0.join("no.sock");
+        let enricher = tree.enricher(Some(&nowhere));
+        assert_eq!(settled(&enricher, app), values([APP, "", "", "", ""]));
+    }
+
+    #[test]
+    fn notice_never_blocks() {
+        let tree = Tree::new("queue");
+        let runtime = fake::Server::start("queue");
+        let enricher = tree.enricher(Some(&runtime.socket));
+        // Holding the cache stalls the thread, so the queue fills and stays full.
+        let held = enricher.shared.lock();
+        let start = Instant::now();
+        for id in 0..100_000 {
+            enricher.notice(1_000_000 + id);
+        }
+        drop(held);
+        assert!(start.elapsed() < Duration::from_secs(1), "100,000 notices took {:?}", start.elapsed());
+    }
 
     fn pod(id: &str, name: &str, namespace: &str) -> PodSandbox {
         PodSandbox {

@@ -307,20 +307,11 @@ mod tests {
     /// grpc-status trailer, or a failure in the headers alone.
     #[test]
     fn unary_calls_over_a_unix_socket() {
-        let dir = std::env::temp_dir().join(format!("sonde-cri-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("cri.sock");
-        let _ = std::fs::remove_file(&socket);
+        let server = fake::Server::start("unary");
+        server.set(&[("p1", "web", "shop")], &[("c1", "p1", "app")]);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-            tokio::spawn(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else { return };
-                    tokio::spawn(fake_runtime(stream));
-                }
-            });
-            let mut connection = CriConnection::connect(&socket, Duration::from_secs(2)).await.unwrap();
+            let mut connection = CriConnection::connect(&server.socket, Duration::from_secs(2)).await.unwrap();
             let listed: ListContainersResponse =
                 connection.call(RUNTIME_SERVICE, "ListContainers", &ListContainersRequest::default()).await.unwrap();
             assert_eq!(listed.containers.len(), 1);
@@ -334,47 +325,153 @@ mod tests {
                 .await;
             assert!(matches!(missing, Err(CriError::Status { code: 5, .. })), "{missing:?}");
             let started = std::time::Instant::now();
-            let mut short = CriConnection::connect(&socket, Duration::from_millis(200)).await.unwrap();
+            let mut short = CriConnection::connect(&server.socket, Duration::from_millis(200)).await.unwrap();
             let timed_out =
                 short.call::<_, ListPodSandboxResponse>(RUNTIME_SERVICE, "Slow", &ListPodSandboxRequest {}).await;
             assert!(matches!(timed_out, Err(CriError::Timeout { .. })), "{timed_out:?}");
             assert!(started.elapsed() < Duration::from_secs(2));
         });
-        let absent = runtime.block_on(CriConnection::connect(&dir.join("absent.sock"), Duration::from_secs(1)));
+        let absent = runtime.block_on(CriConnection::connect(&server.dir.join("absent.sock"), Duration::from_secs(1)));
         assert!(matches!(absent, Err(CriError::Connect { .. })));
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A CRI runtime for tests: an HTTP/2 server on a unix socket in a directory of its own, on a thread
+/// of its own, answering `ListPodSandbox` and `ListContainers` from what the test set, `Slow` after
+/// 5 s, and anything else with gRPC status 5 (not found).
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use http_body_util::{Either, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+
+    #[derive(Default)]
+    pub(crate) struct State {
+        pods: Mutex<ListPodSandboxResponse>,
+        containers: Mutex<ListContainersResponse>,
+        /// ListContainers calls answered.
+        pub lists: AtomicUsize,
     }
 
-    async fn fake_runtime(stream: tokio::net::UnixStream) {
-        let service = hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
-            let method = request.uri().path().rsplit('/').next().unwrap_or("").to_string();
-            let response = match method.as_str() {
-                "ListContainers" => {
-                    let listed = ListContainersResponse {
-                        containers: vec![Container {
-                            id: "c1".into(),
-                            pod_sandbox_id: "p1".into(),
-                            metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
-                        }],
+    pub(crate) struct Server {
+        pub dir: PathBuf,
+        pub socket: PathBuf,
+        pub state: Arc<State>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Server {
+        pub fn start(tag: &str) -> Server {
+            let dir = std::env::temp_dir().join(format!("sonde-fake-cri-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let socket = dir.join("cri.sock");
+            let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let state = Arc::new(State::default());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let served = state.clone();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                    let accept = async {
+                        loop {
+                            let Ok((stream, _)) = listener.accept().await else { return };
+                            tokio::spawn(serve(stream, served.clone()));
+                        }
                     };
-                    let frames = UnaryBody::new(frame(&listed));
-                    hyper::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(http_body_util::Either::Left(frames))
-                        .unwrap()
-                }
-                "Slow" => {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    hyper::Response::new(http_body_util::Either::Right(Full::new(Bytes::new())))
-                }
-                _ => hyper::Response::builder()
-                    .header("content-type", "application/grpc")
-                    .header("grpc-status", "5")
-                    .header("grpc-message", "not found")
-                    .body(http_body_util::Either::Right(Full::new(Bytes::new())))
-                    .unwrap(),
+                    tokio::select! {
+                        _ = accept => {}
+                        _ = stopped => {}
+                    }
+                });
+            });
+            Server { dir, socket, state, stop: Some(stop), thread: Some(thread) }
+        }
+
+        /// What the runtime lists: (pod id, name, namespace) and (container id, pod id, name).
+        pub fn set(&self, pods: &[(&str, &str, &str)], containers: &[(&str, &str, &str)]) {
+            *self.state.pods.lock().unwrap() = ListPodSandboxResponse {
+                items: pods
+                    .iter()
+                    .map(|(id, name, namespace)| PodSandbox {
+                        id: id.to_string(),
+                        metadata: Some(PodSandboxMetadata {
+                            name: name.to_string(),
+                            uid: String::new(),
+                            namespace: namespace.to_string(),
+                            attempt: 0,
+                        }),
+                    })
+                    .collect(),
             };
-            Ok::<_, std::convert::Infallible>(response)
+            *self.state.containers.lock().unwrap() = ListContainersResponse {
+                containers: containers
+                    .iter()
+                    .map(|(id, pod, name)| Container {
+                        id: id.to_string(),
+                        pod_sandbox_id: pod.to_string(),
+                        metadata: Some(ContainerMetadata { name: name.to_string(), attempt: 0 }),
+                    })
+                    .collect(),
+            };
+        }
+
+        pub fn lists(&self) -> usize {
+            self.state.lists.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    async fn serve(stream: tokio::net::UnixStream, state: Arc<State>) {
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let state = state.clone();
+            async move {
+                let method = request.uri().path().rsplit('/').next().unwrap_or("").to_string();
+                let message = match method.as_str() {
+                    "ListPodSandbox" => Some(frame(&*state.pods.lock().unwrap())),
+                    "ListContainers" => {
+                        state.lists.fetch_add(1, Ordering::SeqCst);
+                        Some(frame(&*state.containers.lock().unwrap()))
+                    }
+                    "Slow" => {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        None
+                    }
+                    _ => None,
+                };
+                let response = match message {
+                    Some(message) => hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(Either::Left(UnaryBody::new(message))),
+                    None => hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "5")
+                        .header("grpc-message", "not found")
+                        .body(Either::Right(Full::new(Bytes::new()))),
+                };
+                Ok::<_, std::convert::Infallible>(response.unwrap())
+            }
         });
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(stream), service)
