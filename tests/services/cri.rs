@@ -238,6 +238,10 @@ impl Containerd {
             bin.join("usr/sbin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
+        // containerd's shims detach from it; as a subreaper this process inherits and reaps them,
+        // rather than leave them to an init that may not.
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let log = std::fs::File::create(dir.join("containerd.log"))?;
         let child = Command::new(bin.join("usr/bin/containerd"))
             .arg("--config")
@@ -289,6 +293,23 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        reap_shims(Duration::from_secs(5));
+    }
+}
+
+/// Waits for the shims this process inherited to exit (they do once their pod is removed).
+fn reap_shims(within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on any child of this test process; the agent has been waited for already.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid < 0 || Instant::now() > deadline {
+            return;
+        }
+        if pid == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
