@@ -329,7 +329,7 @@ async fn list(socket: &Path) -> Result<FxHashMap<String, Arc<Names>>, CriError> 
     let pods: ListPodSandboxResponse =
         connection.call(RUNTIME_SERVICE, "ListPodSandbox", &ListPodSandboxRequest {}).await?;
     let containers: ListContainersResponse =
-        connection.call(RUNTIME_SERVICE, "ListContainers", &ListContainersRequest::default()).await?;
+        connection.call(RUNTIME_SERVICE, "ListContainers", &ListContainersRequest {}).await?;
     Ok(names_of(pods, containers))
 }
 
@@ -487,21 +487,12 @@ mod tests {
     fn pod(id: &str, name: &str, namespace: &str) -> PodSandbox {
         PodSandbox {
             id: id.into(),
-            metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                namespace: namespace.into(),
-                uid: String::new(),
-                attempt: 0,
-            }),
+            metadata: Some(PodSandboxMetadata { name: name.into(), namespace: namespace.into() }),
         }
     }
 
     fn container(id: &str, pod: &str, name: &str) -> Container {
-        Container {
-            id: id.into(),
-            pod_sandbox_id: pod.into(),
-            metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        }
+        Container { id: id.into(), pod_sandbox_id: pod.into(), metadata: Some(ContainerMetadata { name: name.into() }) }
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! hyper's HTTP/2 client rather than through a generated gRPC stack; the messages are declared here
 //! with only the fields sonde reads (protobuf skips the rest).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -162,17 +161,9 @@ fn unframe(body: &[u8]) -> Result<&[u8], String> {
 // The read side of the CRI messages (runtime.v1), with only the fields sonde uses; field numbers are
 // the API's.
 
+/// No filter: every container.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ContainerFilter {
-    #[prost(string, tag = "1")]
-    pub id: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ListContainersRequest {
-    #[prost(message, optional, tag = "1")]
-    pub filter: Option<ContainerFilter>,
-}
+pub struct ListContainersRequest {}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ListContainersResponse {
@@ -184,8 +175,6 @@ pub struct ListContainersResponse {
 pub struct ContainerMetadata {
     #[prost(string, tag = "1")]
     pub name: String,
-    #[prost(uint32, tag = "2")]
-    pub attempt: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -219,10 +208,9 @@ pub struct ContainerStatus {
     pub metadata: Option<ContainerMetadata>,
     #[prost(int32, tag = "3")]
     pub state: i32,
-    #[prost(map = "string, string", tag = "12")]
-    pub labels: HashMap<String, String>,
 }
 
+/// No filter: every pod sandbox.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ListPodSandboxRequest {}
 
@@ -236,12 +224,8 @@ pub struct ListPodSandboxResponse {
 pub struct PodSandboxMetadata {
     #[prost(string, tag = "1")]
     pub name: String,
-    #[prost(string, tag = "2")]
-    pub uid: String,
     #[prost(string, tag = "3")]
     pub namespace: String,
-    #[prost(uint32, tag = "4")]
-    pub attempt: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -313,7 +297,7 @@ mod tests {
         runtime.block_on(async {
             let mut connection = CriConnection::connect(&server.socket, Duration::from_secs(2)).await.unwrap();
             let listed: ListContainersResponse =
-                connection.call(RUNTIME_SERVICE, "ListContainers", &ListContainersRequest::default()).await.unwrap();
+                connection.call(RUNTIME_SERVICE, "ListContainers", &ListContainersRequest {}).await.unwrap();
             assert_eq!(listed.containers.len(), 1);
             assert_eq!(listed.containers[0].metadata.as_ref().unwrap().name, "app");
             let missing = connection
@@ -405,12 +389,7 @@ pub(crate) mod fake {
                     .iter()
                     .map(|(id, name, namespace)| PodSandbox {
                         id: id.to_string(),
-                        metadata: Some(PodSandboxMetadata {
-                            name: name.to_string(),
-                            uid: String::new(),
-                            namespace: namespace.to_string(),
-                            attempt: 0,
-                        }),
+                        metadata: Some(PodSandboxMetadata { name: name.to_string(), namespace: namespace.to_string() }),
                     })
                     .collect(),
             };
@@ -420,7 +399,7 @@ pub(crate) mod fake {
                     .map(|(id, pod, name)| Container {
                         id: id.to_string(),
                         pod_sandbox_id: pod.to_string(),
-                        metadata: Some(ContainerMetadata { name: name.to_string(), attempt: 0 }),
+                        metadata: Some(ContainerMetadata { name: name.to_string() }),
                     })
                     .collect(),
             };
