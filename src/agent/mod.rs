@@ -84,8 +84,17 @@ pub fn run(config: Config, origin: Origin, site: http::Site) -> Result<()> {
 
     let reader = Reader::start(Duration::from_millis(config.ring_buffer.poll_interval_ms.into()))?;
     registry.agent.reload_success_time.set(unix_now());
-    let mut agent =
-        Agent { running: Running::new(probes::Registry::builtin(), registry, scraper.clone(), reader), config, origin };
+    let mut agent = Agent {
+        running: Running::new(
+            probes::Registry::builtin(),
+            registry,
+            scraper.clone(),
+            reader,
+            config.cri_socket.clone(),
+        ),
+        config,
+        origin,
+    };
     let outcome = agent.start(&control, started);
     if let Ok(Some(_)) | Err(_) = outcome {
         // Terminated while starting, or strict mode failed: fall through to
@@ -202,6 +211,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<(&'static str, String, String
     check("metric_prefix", old.metric_prefix.clone(), new.metric_prefix.clone());
     check("const_labels", format!("{:?}", old.const_labels), format!("{:?}", new.const_labels));
     check("bpf_stats", old.bpf_stats.to_string(), new.bpf_stats.to_string());
+    check("cri_socket", format!("{:?}", old.cri_socket), format!("{:?}", new.cri_socket));
     check(
         "ring_buffer.poll_interval_ms",
         old.ring_buffer.poll_interval_ms.to_string(),

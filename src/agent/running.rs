@@ -4,12 +4,13 @@
 //! programs, ring and counters.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use libbpf_rs::Link;
 
 use crate::config::RingSize;
-use crate::enrich::Enricher;
+use crate::enrich::{CgroupEnricher, Enricher};
 use crate::loader::{self, verifier_log, LoadContext, Loaded, ProbeFailure};
 use crate::metrics::{Limits, Registry};
 use crate::probes;
@@ -83,13 +84,14 @@ impl Running {
         registry: Arc<Registry>,
         scraper: Arc<Scraper>,
         reader: Reader,
+        cri_socket: Option<PathBuf>,
     ) -> Self {
         Running {
             probes_registry,
             registry,
             scraper,
             reader: Some(reader),
-            enrichers: Enrichers::default(),
+            enrichers: Enrichers { cri_socket, ..Enrichers::default() },
             probes: BTreeMap::new(),
         }
     }
@@ -248,12 +250,28 @@ impl Running {
 /// The enrichers probes ask for, created the first time one is needed.
 #[derive(Default)]
 struct Enrichers {
-    cgroup: OnceLock<Result<Arc<dyn Enricher>, String>>,
+    cgroup: OnceLock<Result<Arc<CgroupEnricher>, String>>,
+    containers: OnceLock<Result<Arc<dyn Enricher>, String>>,
+    /// `cri_socket` from the config; None: detected.
+    cri_socket: Option<PathBuf>,
+}
+
+impl Enrichers {
+    fn cgroup(&self) -> Result<Arc<CgroupEnricher>, String> {
+        self.cgroup.get_or_init(crate::enrich::cgroup_enricher).clone()
+    }
 }
 
 impl EnricherSource for Enrichers {
     fn enricher_for(&self, label: &str) -> Result<(Arc<dyn Enricher>, usize), String> {
-        let enricher = self.cgroup.get_or_init(crate::enrich::cgroup_enricher).clone()?;
+        let enricher: Arc<dyn Enricher> = if crate::enrich::container::LABELS.contains(&label) {
+            let cgroups = self.cgroup()?;
+            self.containers
+                .get_or_init(|| crate::enrich::container_enricher(cgroups, self.cri_socket.as_deref()))
+                .clone()?
+        } else {
+            self.cgroup()?
+        };
         let index = enricher
             .labels()
             .iter()

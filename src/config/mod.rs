@@ -88,6 +88,9 @@ pub struct Config {
     pub bpf_stats: bool,
     /// Any probe failing to load or attach is fatal.
     pub strict: bool,
+    /// The CRI runtime's socket, for the `container`, `pod` and `namespace` labels; None: the usual
+    /// containerd and CRI-O sockets are tried.
+    pub cri_socket: Option<PathBuf>,
     pub probes: Vec<ProbeSettings>,
 }
 
@@ -100,6 +103,7 @@ const CONFIG_KEYS: &[&str] = &[
     "series_ttl",
     "bpf_stats",
     "strict",
+    "cri_socket",
     "probes",
 ];
 
@@ -127,6 +131,7 @@ impl<'de> Visitor<'de> for ConfigVisitor<'_> {
             series_ttl: Some(DEFAULT_SERIES_TTL),
             bpf_stats: false,
             strict: false,
+            cri_socket: None,
             probes: Vec::new(),
         };
         let mut seen = BTreeSet::new();
@@ -167,6 +172,7 @@ impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
             "series_ttl" => config.series_ttl = series_ttl(d)?,
             "bpf_stats" => config.bpf_stats = bool::deserialize(d)?,
             "strict" => config.strict = bool::deserialize(d)?,
+            "cri_socket" => config.cri_socket = Some(cri_socket(d)?),
             "probes" => config.probes = probes::deserialize(d, self.catalog)?,
             _ => unreachable!("OneOf only yields CONFIG_KEYS"),
         }
@@ -609,6 +615,23 @@ fn series_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Er
         other => Err(format!("expected a duration such as 1h, or 0 for never, found {other}")),
     })
 }
+
+/// An absolute path. It need not exist yet: the runtime may start after sonde, and a socket that is
+/// missing when containers are looked up is logged then.
+fn cri_socket<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    scalar(d, "the absolute path of a CRI socket", |v| match v {
+        Scalar::Str(s) if s.len() > MAX_PATH_BYTES => {
+            Err(format!("cri_socket {} is {} bytes, over the limit of {MAX_PATH_BYTES}", quoted(s), s.len()))
+        }
+        Scalar::Str(s) if s.starts_with('/') && !s.contains('\0') => Ok(PathBuf::from(s)),
+        other => Err(format!(
+            "invalid cri_socket {other}: expected an absolute path such as /run/containerd/containerd.sock"
+        )),
+    })
+}
+
+/// The longest `cri_socket`: a unix socket's address holds at most 107 bytes.
+pub const MAX_PATH_BYTES: usize = 107;
 
 /// Shorter would make series flicker between scrapes.
 pub const MIN_SERIES_TTL: Duration = Duration::from_millis(100);

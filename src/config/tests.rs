@@ -22,6 +22,7 @@ fn embedded_default_enables_the_nearly_free_probes_with_defaults() {
     assert_eq!(config.series_limit, 10_000);
     assert_eq!(config.series_ttl, Some(DEFAULT_SERIES_TTL));
     assert!(!config.bpf_stats && !config.strict);
+    assert_eq!(config.cri_socket, None, "detected unless set");
     let rb = &config.ring_buffer;
     assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (None, None, 100));
     // Only probes whose hooks run per event, never on every system call
@@ -49,10 +50,11 @@ fn example_config_parses_to_what_it_documents() {
     assert_eq!(config.series_limit, 20_000);
     assert_eq!(config.series_ttl, Some(Duration::from_secs(1800)));
     assert!(!config.bpf_stats && !config.strict);
+    assert_eq!(config.cri_socket.as_deref(), Some(std::path::Path::new("/run/containerd/containerd.sock")));
 
     let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
     assert_eq!(names, catalog().names(), "the example enables every probe");
-    assert_eq!(probe(&config, "exec").labels, ["comm"]);
+    assert_eq!(probe(&config, "exec").labels, ["comm", "namespace", "pod", "container"]);
     assert_eq!(probe(&config, "exit").labels, ["comm", "code", "signal"]);
     let file_open = probe(&config, "file_open");
     assert_eq!(file_open.labels, ["comm", "result"]);
@@ -191,6 +193,17 @@ const BAD: &[Bad] = &[
     bad("metric_prefix: 9bad\nprobes:\n  exec:\n", 1, 16, &["metric_prefix `9bad`", "[a-zA-Z_:]"]),
     bad("metric_prefix: my-agent\nprobes:\n  exec:\n", 1, 16, &["`my-agent`"]),
     bad("series_limit: 0\nprobes:\n  exec:\n", 1, 15, &["series_limit", "0 is out of range"]),
+    bad("cri_socket: run/crio.sock\nprobes:\n  exec:\n", 1, 13, &["invalid cri_socket", "absolute path"]),
+    bad("cri_socket: 7\nprobes:\n  exec:\n", 1, 13, &["invalid cri_socket 7"]),
+    bad("cri_socket: \"/a\\0b\"\nprobes:\n  exec:\n", 1, 13, &["invalid cri_socket"]),
+    bad(
+        concat!("cri_socket: /", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "\nprobes:\n  exec:\n"),
+        1,
+        13,
+        &["over the limit of 107"],
+    ),
+    bad("probes:\n  exec:\n    labels: [pod, pod]\n", 3, 19, &["label `pod` is listed twice"]),
+    bad("const_labels:\n  namespace: x\nprobes:\n  exec:\n", 2, 3, &["label `namespace` is set by sonde itself"]),
     bad("series_ttl: 10\nprobes:\n  exec:\n", 1, 13, &["series_ttl", "expected a duration such as 1h"]),
     bad("series_ttl: 5x\nprobes:\n  exec:\n", 1, 13, &["invalid duration `5x`"]),
     bad("series_ttl: 50ms\nprobes:\n  exec:\n", 1, 13, &["too short: at least 100ms"]),
@@ -220,7 +233,7 @@ const BAD: &[Bad] = &[
     bad("probes:\n  exec:\n    labels: [comm, ppid]\n", 3, 20,
         &["labels[1]", "probe `exec` has no label `ppid`", "it can carry: comm, pid, cgroup"]),
     bad("probes:\n  syscalls:\n    labels:\n      - syscall\n      - op\n", 5, 9,
-        &["probe `syscalls` has no label `op`", "comm, pid, cgroup, syscall"]),
+        &["probe `syscalls` has no label `op`", "comm, pid, cgroup, container_id, container, pod, namespace, service, syscall"]),
     bad("probes:\n  exit:\n    labels: [code, signal, code]\n", 3, 28, &["label `code` is listed twice"]),
     bad("probes:\n  exec:\n    labels: comm\n", 3, 13, &["string \"comm\"", "a list of labels"]),
     // filter
@@ -322,11 +335,23 @@ fn series_ttl_takes_durations_and_zero() {
 }
 
 #[test]
+fn container_labels_and_cri_socket_are_accepted() {
+    let yaml = "cri_socket: /run/k3s/containerd/containerd.sock\nprobes:\n  exec:\n    labels: [comm, container_id, container, pod, namespace, service]\n";
+    let config = parse(yaml).expect("container labels on exec");
+    assert_eq!(config.cri_socket.as_deref(), Some(std::path::Path::new("/run/k3s/containerd/containerd.sock")));
+    assert_eq!(config.probes[0].labels, ["comm", "container_id", "container", "pod", "namespace", "service"]);
+    for probe in ["exit", "file_open", "syscalls", "vfs_io"] {
+        parse(&format!("probes:\n  {probe}:\n    labels: [pod, namespace]\n")).expect(probe);
+    }
+}
+
+#[test]
 fn errors_read_file_line_column_message() {
     let err = parse("probes:\n  exec:\n    labels: [ppid]\n").expect_err("`ppid` is no label of exec");
     assert_eq!(
         err.to_string(),
-        "test.yaml:3:14: probes.exec.labels[0]: probe `exec` has no label `ppid`; it can carry: comm, pid, cgroup"
+        "test.yaml:3:14: probes.exec.labels[0]: probe `exec` has no label `ppid`; it can carry: comm, pid, cgroup, \
+         container_id, container, pod, namespace, service"
     );
     let err = parse("probes:\n  vfs_io:\n    hook: bogus\n").expect_err("no such hook");
     assert_eq!(

@@ -2,15 +2,21 @@
 //!
 //! The ring reader thread only tells an enricher which ids it has seen (`notice`, never blocking);
 //! the work of turning an id into text (walking a filesystem, reading a container runtime's state)
-//! happens on the enricher's own thread or at scrape time (`resolve`). Enrichers for containers and
-//! pods key on the same id and plug into the same trait.
+//! happens on the enricher's own thread or at scrape time (`resolve`). The container enricher
+//! (`container_id`, `container`, `pod`, `namespace`, `service`) builds on the cgroup one: it names
+//! the path that one finds.
 
 pub mod cgroup;
+pub mod container;
+pub mod container_path;
+pub mod cri;
 mod mountinfo;
 
+use std::path::Path;
 use std::sync::Arc;
 
 pub use cgroup::{CgroupEnricher, CgroupError};
+pub use container::ContainerEnricher;
 
 /// Turns a cgroup id into label values. Implementations are shared between the ring reader thread
 /// (which only calls `notice`, and must never block) and scrapes (which call `resolve`).
@@ -45,6 +51,16 @@ impl Resolution {
 }
 
 /// The `cgroup` enricher for this machine.
-pub fn cgroup_enricher() -> Result<Arc<dyn Enricher>, String> {
-    CgroupEnricher::new().map(|e| Arc::new(e) as Arc<dyn Enricher>).map_err(|e| e.to_string())
+pub fn cgroup_enricher() -> Result<Arc<CgroupEnricher>, String> {
+    CgroupEnricher::new().map(Arc::new).map_err(|e| e.to_string())
+}
+
+/// The container enricher, naming containers through the CRI socket `cri_socket` (None: detected).
+pub fn container_enricher(
+    cgroups: Arc<CgroupEnricher>,
+    cri_socket: Option<&Path>,
+) -> Result<Arc<dyn Enricher>, String> {
+    ContainerEnricher::new(cgroups, cri_socket)
+        .map(|e| Arc::new(e) as Arc<dyn Enricher>)
+        .map_err(|e| format!("the sonde-cri thread could not start: {e}"))
 }

@@ -148,8 +148,16 @@ pub struct LabelSpec {
 }
 
 /// Labels every probe can carry, from the record header or an enricher.
-pub const COMMON_LABELS: &[(&str, LabelSource)] =
-    &[("comm", LabelSource::Header), ("pid", LabelSource::Header), ("cgroup", LabelSource::Cgroup)];
+pub const COMMON_LABELS: &[(&str, LabelSource)] = &[
+    ("comm", LabelSource::Header),
+    ("pid", LabelSource::Header),
+    ("cgroup", LabelSource::Cgroup),
+    ("container_id", LabelSource::Cgroup),
+    ("container", LabelSource::Cgroup),
+    ("pod", LabelSource::Cgroup),
+    ("namespace", LabelSource::Cgroup),
+    ("service", LabelSource::Cgroup),
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSpec {

@@ -506,10 +506,11 @@ def wiring_problems(resources):
         if endpoint.get("port") not in ports or endpoint.get("path") != "/metrics":
             problems.append(f"PodMonitor endpoint {endpoint} is not /metrics on a container port")
 
-    # Host paths: tracefs and the cgroup tree, both read only, nothing else.
+    # Host paths: tracefs, the cgroup tree and the CRI socket, all read only, nothing else.
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    if sorted(host_paths.values()) != ["/sys/fs/cgroup", "/sys/kernel/tracing"]:
-        problems.append(f"host paths {sorted(host_paths.values())} are not tracefs and /sys/fs/cgroup")
+    expected = ["/run/containerd/containerd.sock", "/sys/fs/cgroup", "/sys/kernel/tracing"]
+    if sorted(host_paths.values()) != expected:
+        problems.append(f"host paths {sorted(host_paths.values())} are not {expected}")
     for mount in container["volumeMounts"]:
         if mount["name"] in host_paths and mount.get("readOnly") is not True:
             problems.append(f"host path {host_paths[mount['name']]} is mounted writable")

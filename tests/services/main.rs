@@ -1,10 +1,10 @@
-//! Tests against real services on this host: sonde scraped by Debian's
-//! Prometheus. The services are fetched as Debian packages and unpacked
-//! into a cache directory, never installed; when they cannot be had, the
-//! test fails saying INFRA and why.
+//! Tests against real services on this host: a container runtime started for the test and Debian's
+//! Prometheus scraping sonde, with the real `sonde` binary. Packages a test needs are fetched from
+//! Debian with `apt-get download` and unpacked into a cache directory, never installed; when one
+//! cannot be had, the test fails and says INFRA.
 //!
-//! Needs root (sonde loads its probes); without it every test is reported
-//! ignored with that reason. Run on the host only, not in the VMs.
+//! Needs root (the runtime creates cgroups and namespaces, sonde loads BPF programs). Without it
+//! every test is reported ignored with that reason. Run on the host only, not in the VMs.
 
 // The root suite's harness, shared: each binary uses only part of it.
 #[allow(dead_code)]
@@ -17,6 +17,8 @@ mod pki;
 #[path = "../root/workload.rs"]
 mod workload;
 
+mod cri;
+mod packages;
 mod prometheus;
 
 use libtest_mimic::{Arguments, Trial};
@@ -26,14 +28,16 @@ fn main() {
         std::process::exit(code);
     }
     let mut args = Arguments::from_args();
-    // One agent at a time: the services and the kernel are shared.
+    // Each test runs its own services and agent; one at a time keeps their exec counts apart.
     args.test_threads = Some(1);
-    // SAFETY: geteuid cannot fail.
+    // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let trials: Vec<Trial> =
-        prometheus::trials().into_iter().map(|t| if root { t } else { t.with_ignored_flag(true) }).collect();
+    let mut trials = Vec::new();
+    trials.extend(cri::trials());
+    trials.extend(prometheus::trials());
+    let trials: Vec<Trial> = trials.into_iter().map(|t| if root { t } else { t.with_ignored_flag(true) }).collect();
     if !root {
-        eprintln!("services tests: not running as root; every test is ignored (sonde needs CAP_BPF/CAP_PERFMON)");
+        eprintln!("service tests: not running as root; every test is ignored (they start a container runtime and load BPF programs)");
     }
     libtest_mimic::run(&args, trials).exit();
 }

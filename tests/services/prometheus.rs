@@ -4,7 +4,7 @@
 //! finds nothing to say about sonde's exposition.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -104,38 +104,8 @@ struct Tools {
 
 impl Tools {
     fn fetch() -> Result<Tools, Failed> {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-            .ok_or("INFRA: neither XDG_CACHE_HOME nor HOME is set: no cache directory for Debian's prometheus")?
-            .join("sonde-services")
-            .join("prometheus");
-        let bin = cache.join("root/usr/bin");
-        if bin.join("prometheus").is_file() && bin.join("promtool").is_file() {
-            return Ok(Tools { bin });
-        }
-        let download = cache.join("download");
-        std::fs::create_dir_all(&download).map_err(|e| format!("INFRA: creating {}: {e}", download.display()))?;
-        // apt-get download needs package lists; refresh them only if the
-        // first attempt finds none.
-        if !apt_get(&download, &["download", "-qq", "prometheus"])? {
-            apt_get(&download, &["update", "-qq"])?;
-            if !apt_get(&download, &["download", "-qq", "prometheus"])? {
-                return Err("INFRA: `apt-get download prometheus` failed: Debian's prometheus package \
-                            cannot be had on this machine"
-                    .into());
-            }
-        }
-        let deb = std::fs::read_dir(&download)
-            .map_err(|e| format!("INFRA: reading {}: {e}", download.display()))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("prometheus_")))
-            .ok_or("INFRA: apt-get download left no prometheus_*.deb")?;
-        let unpacked = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(cache.join("root")).status();
-        match unpacked {
-            Ok(status) if status.success() => Ok(Tools { bin }),
-            other => Err(format!("INFRA: dpkg-deb -x {}: {other:?}", deb.display()).into()),
-        }
+        let root = crate::packages::unpacked(&["prometheus"])?;
+        Ok(Tools { bin: root.join("usr/bin") })
     }
 
     /// `promtool check metrics` on an exposition: it must exit 0 and say
@@ -151,21 +121,6 @@ impl Tools {
         let output = child.wait_with_output()?;
         let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         expect(output.status.success() && said.trim().is_empty(), format!("promtool check metrics: {said}"))
-    }
-}
-
-/// Runs `apt-get ARGS` in `dir`; whether it succeeded (its complaints are
-/// printed when it did not). Not finding apt-get at all is an INFRA
-/// failure.
-fn apt_get(dir: &Path, args: &[&str]) -> Result<bool, Failed> {
-    let output = Command::new("apt-get").args(args).current_dir(dir).output();
-    match output {
-        Ok(output) if output.status.success() => Ok(true),
-        Ok(output) => {
-            eprintln!("apt-get {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-            Ok(false)
-        }
-        Err(err) => Err(format!("INFRA: running apt-get: {err}").into()),
     }
 }
 
