@@ -15,7 +15,9 @@
 #   - a uniquely named program is exec'd N times on the host and N times in
 #     another container: sonde_exec_total{comm=...} must be exactly N each;
 #   - `<engine> stop` (SIGTERM) must end sonde with exit code 0, and none of
-#     the BPF programs it held may stay loaded.
+#     the BPF programs it held may stay loaded;
+#   - the same run line with a config labelling exec by container_id: the
+#     other container's execs carry its full id, the host's an empty one.
 # Base images are made locally (tests/container/base-images.sh): no registry.
 #
 # This machine's quirks are handled here, never in the README's lines: podman
@@ -122,10 +124,11 @@ wait_for_200() {
     return 1
 }
 
-# Sum of sonde_exec_total over the series with comm="$2" at URL $1.
+# Sum of sonde_exec_total over the series with comm="$2" (and, if given,
+# the label pair $3, e.g. container_id="...") at URL $1.
 exec_count() {
-    curl -fsS "$1" | awk -v want="comm=\"$2\"" '
-        /^sonde_exec_total\{/ && index($0, want) { sum += $NF }
+    curl -fsS "$1" | awk -v want="comm=\"$2\"" -v also="${3:-}" '
+        /^sonde_exec_total\{/ && index($0, want) && index($0, also) { sum += $NF }
         END { print sum + 0 }'
 }
 
@@ -133,10 +136,10 @@ exec_count() {
 # and are read asynchronously), then reads it again a moment later: it must
 # be exactly $3, not more.
 settled_exec_count() {
-    local url=$1 comm=$2 want=$3 deadline=$(($(date +%s) + 10)) got
-    while got=$(exec_count "$url" "$comm") && ((got < want)) && (($(date +%s) < deadline)); do sleep 0.2; done
+    local url=$1 comm=$2 want=$3 also=${4:-} deadline=$(($(date +%s) + 10)) got
+    while got=$(exec_count "$url" "$comm" "$also") && ((got < want)) && (($(date +%s) < deadline)); do sleep 0.2; done
     sleep 1
-    exec_count "$url" "$comm"
+    exec_count "$url" "$comm" "$also"
 }
 
 # Runs a program named $1 N times on the host.
@@ -232,12 +235,6 @@ run_scenario() {
         else
             fail "$engine: workload in another container: sonde_exec_total{comm=\"$ct_comm\"} = $got, want $EXECS"
         fi
-        # ----------------------------------------------------------------
-        # Container identity goes here: once sonde labels events with
-        # `container_id` (the cgroup enricher), the other container's execs
-        # must carry the workload container's id
-        # ($engine inspect -f '{{.Id}}' "$wid").
-        # ----------------------------------------------------------------
     fi
 
     if $engine stop -t 10 "$name" >/dev/null; then
@@ -248,6 +245,50 @@ run_scenario() {
         fail "$engine stop failed"
     fi
     check_programs_gone "$engine" "${ids[@]}"
+}
+
+# Container identity: the README's run line with a config of its own mounted
+# (exec labelled by comm and container_id), on a port and name of its own.
+# The execs of another container must carry that container's full id, a host
+# program's an empty one.
+identity_scenario() {
+    local engine=$1 workload_image=$2 line name port metrics suffix host_comm ct_comm wid id got cfg
+    line=$(readme_command "$engine" run) || return
+    suffix=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+    name="sonde-ct-ids-$suffix"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    cfg=$RUN_DIR/identity.yaml
+    printf 'probes:\n  exec:\n    labels: [comm, container_id]\n' > "$cfg"
+    line=$(sed -E "s/--name[ =][^ ]+/--name $name/; s/--listen[ =][^ ]+/--listen 127.0.0.1:$port/; \
+        s# sonde:latest# -v $cfg:/etc/sonde/config.yaml:ro sonde:latest --config /etc/sonde/config.yaml#" <<<"$line")
+    note "$engine: $line"
+    started "$engine" "$name"
+    if ! eval "$line" >/dev/null || ! wait_for_200 "http://127.0.0.1:$port/healthz" "$engine" "$name"; then
+        fail "$engine: sonde with container_id labels did not come up"
+        $engine logs "$name" 2>&1 | tail -n 20 | sed 's/^/      /'
+        return
+    fi
+    metrics="http://127.0.0.1:$port/metrics"
+    host_comm="id-host-$suffix" ct_comm="id-ctr-$suffix" wid="sonde-ct-idload-$suffix"
+    host_workload "$host_comm"
+    got=$(settled_exec_count "$metrics" "$host_comm" "$EXECS" 'container_id=""')
+    if [[ $got == "$EXECS" ]]; then pass "$engine: host execs carry container_id=\"\" ($got)"
+    else fail "$engine: host execs with container_id=\"\": $got, want $EXECS"; fi
+    started "$engine" "$wid"
+    if ! $engine run --name "$wid" --network none "$workload_image" sh -c \
+        "cp /bin/true /tmp/$ct_comm && i=0 && while [ \$i -lt $EXECS ]; do /tmp/$ct_comm; i=\$((i+1)); done" \
+        >/dev/null; then
+        fail "$engine: the workload container failed to run"
+    else
+        id=$($engine inspect -f '{{.Id}}' "$wid")
+        got=$(settled_exec_count "$metrics" "$ct_comm" "$EXECS" "container_id=\"$id\"")
+        if [[ $got == "$EXECS" ]]; then pass "$engine: the other container's execs carry its container_id ${id:0:12}… ($got)"
+        else
+            fail "$engine: execs with container_id=\"$id\": $got, want $EXECS"
+            curl -fsS "$metrics" | grep "$ct_comm" | sed 's/^/      /'
+        fi
+    fi
+    $engine stop -t 10 "$name" >/dev/null
 }
 
 # ---------------------------------------------------------------- podman
@@ -274,6 +315,7 @@ podman_section() {
         fail "podman: README build line failed"; tail -n 30 "$log" | sed 's/^/      /'; return
     fi
     run_scenario podman docker.io/library/debian:bookworm-slim
+    identity_scenario podman docker.io/library/debian:bookworm-slim
 }
 
 # ---------------------------------------------------------------- docker
@@ -353,6 +395,7 @@ docker_section() {
         fail "docker: README build line failed"; tail -n 30 "$log" | sed 's/^/      /'; return
     fi
     run_scenario docker docker.io/library/debian:bookworm-slim
+    identity_scenario docker docker.io/library/debian:bookworm-slim
 }
 
 # ---------------------------------------------------------------- podman kube play
