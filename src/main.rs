@@ -60,6 +60,9 @@ struct RunArgs {
     /// Keep the kernel's BPF run-time statistics on while running
     #[arg(long)]
     bpf_stats: bool,
+    /// Drop every capability once the probes are attached (a reload can then no longer load probes)
+    #[arg(long)]
+    drop_capabilities: bool,
 }
 
 #[derive(Subcommand)]
@@ -121,7 +124,13 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_ref())?;
-    let origin = Origin { path: args.config, listen: args.listen, strict: args.strict, bpf_stats: args.bpf_stats };
+    let origin = Origin {
+        path: args.config,
+        listen: args.listen,
+        strict: args.strict,
+        bpf_stats: args.bpf_stats,
+        drop_capabilities: args.drop_capabilities,
+    };
     agent::run(config, origin)?;
     Ok(ExitCode::SUCCESS)
 }

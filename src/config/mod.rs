@@ -88,6 +88,8 @@ pub struct Config {
     pub bpf_stats: bool,
     /// Any probe failing to load or attach is fatal.
     pub strict: bool,
+    /// Drop every capability once the probes are attached.
+    pub drop_capabilities: bool,
     pub probes: Vec<ProbeSettings>,
 }
 
@@ -100,6 +102,7 @@ const CONFIG_KEYS: &[&str] = &[
     "series_ttl",
     "bpf_stats",
     "strict",
+    "drop_capabilities",
     "probes",
 ];
 
@@ -127,6 +130,7 @@ impl<'de> Visitor<'de> for ConfigVisitor<'_> {
             series_ttl: Some(DEFAULT_SERIES_TTL),
             bpf_stats: false,
             strict: false,
+            drop_capabilities: false,
             probes: Vec::new(),
         };
         let mut seen = BTreeSet::new();
@@ -167,6 +171,7 @@ impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
             "series_ttl" => config.series_ttl = series_ttl(d)?,
             "bpf_stats" => config.bpf_stats = bool::deserialize(d)?,
             "strict" => config.strict = bool::deserialize(d)?,
+            "drop_capabilities" => config.drop_capabilities = bool::deserialize(d)?,
             "probes" => config.probes = probes::deserialize(d, self.catalog)?,
             _ => unreachable!("OneOf only yields CONFIG_KEYS"),
         }

@@ -17,6 +17,7 @@ mod foundation;
 mod http;
 mod kernel;
 mod lifecycle;
+mod privileges;
 mod probes;
 mod workload;
 
@@ -36,6 +37,7 @@ fn main() {
     trials.extend(lifecycle::trials());
     trials.extend(foundation::trials());
     trials.extend(http::trials());
+    trials.extend(privileges::trials());
     let trials = trials.into_iter().map(|t| if root { t } else { t.with_ignored_flag(true) }).collect::<Vec<Trial>>();
     if !root {
         eprintln!(
