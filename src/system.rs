@@ -8,6 +8,7 @@ use crate::capabilities::{self, CapError, CapSet, CAP_BPF, CAP_PERFMON, CAP_SYS_
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+const PERF_EVENT_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
@@ -84,9 +85,29 @@ pub fn tune_allocator() {
     }
 }
 
+/// Why perf_event_open(), which tracepoint and kprobe hooks attach with,
+/// may be refused despite CAP_PERFMON: some distributions' kernels (Debian's,
+/// Ubuntu's) allow it at `kernel.perf_event_paranoid` above 2 only with
+/// CAP_SYS_ADMIN, where the upstream kernel treats those levels as 2. None
+/// when the level or the process's capabilities rule that out.
+pub fn perf_event_restriction() -> Option<String> {
+    let level: i32 = std::fs::read_to_string(PERF_EVENT_PARANOID).ok()?.trim().parse().ok()?;
+    if level <= 2 || capabilities::effective().is_ok_and(|caps| caps.has(CAP_SYS_ADMIN)) {
+        return None;
+    }
+    Some(format!(
+        "kernel.perf_event_paranoid is {level}, and kernels that restrict perf events above 2 (Debian's, Ubuntu's) \
+         allow perf_event_open only with CAP_SYS_ADMIN: set `sysctl kernel.perf_event_paranoid=2`, with which \
+         CAP_PERFMON is enough, or grant CAP_SYS_ADMIN"
+    ))
+}
+
 /// Checks privileges, mounts tracefs if needed and lifts the memlock limit.
 pub fn prepare() -> Result<(), SystemError> {
     check_capabilities()?;
+    if let Some(restriction) = perf_event_restriction() {
+        tracing::warn!("tracepoint and kprobe hooks may fail to attach: {restriction}");
+    }
     ensure_tracefs()?;
     raise_memlock_limit();
     Ok(())
@@ -132,5 +153,18 @@ fn raise_memlock_limit() {
             error = %std::io::Error::last_os_error(),
             "could not lift RLIMIT_MEMLOCK (only matters before Linux 5.11)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_capabilities_are_named_unless_sys_admin_covers_them() {
+        assert_eq!(missing_bpf_capabilities(CapSet(0)), [CAP_BPF, CAP_PERFMON]);
+        assert_eq!(missing_bpf_capabilities(CapSet::of(&[CAP_PERFMON])), [CAP_BPF]);
+        assert!(missing_bpf_capabilities(CapSet::of(&[CAP_BPF, CAP_PERFMON])).is_empty());
+        assert!(missing_bpf_capabilities(CapSet::of(&[CAP_SYS_ADMIN])).is_empty());
     }
 }

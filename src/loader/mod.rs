@@ -359,12 +359,20 @@ where
     for spec in &hook.programs {
         let name = spec.program.as_str();
         let prog = object.progs_mut().find(|p| p.name() == name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
-        let link = verifier_log::capture(|| prog.attach()).map_err(|(source, log)| LoadError::Attach {
-            program: name.to_string(),
-            kind: hook.kind.name(),
-            target: spec.target.clone(),
-            source,
-            detail: detail(&log),
+        let link = verifier_log::capture(|| prog.attach()).map_err(|(source, log)| {
+            let mut detail = detail(&log);
+            if source.kind() == libbpf_rs::ErrorKind::PermissionDenied {
+                if let Some(hint) = crate::system::perf_event_restriction() {
+                    detail = if detail.is_empty() { hint } else { format!("{detail}; {hint}") };
+                }
+            }
+            LoadError::Attach {
+                program: name.to_string(),
+                kind: hook.kind.name(),
+                target: spec.target.clone(),
+                source,
+                detail,
+            }
         })?;
         links.push(link);
         let fd = prog.as_fd().try_clone_to_owned().map_err(|e| LoadError::Open(e.into()))?;

@@ -57,6 +57,9 @@ pub fn trials() -> Vec<Trial> {
             "least_privilege_drop_capabilities_refuses_a_reload_that_loads_and_keeps_counting",
             drop_refuses_loading_reload,
         ),
+        // Ignored, with the reason, where the kernel treats levels above 2
+        // as 2 (upstream kernels): nothing is refused to name.
+        Trial::ignorable_test("least_privilege_perf_event_paranoid_above_2_is_named_when_it_refuses", paranoid_named),
         // Ignored, with the reason, where the kernel has no kprobes (and so,
         // on the kernels this suite runs on, no fentry either).
         Trial::ignorable_test("least_privilege_uid0_with_bpf_and_perfmon_attaches_kprobe_and_fentry", || {
@@ -94,6 +97,36 @@ fn tracefs_closed_to_others() -> Result<(), String> {
         return Err(format!("needs {TRACEFS} closed to other uids; it is mode {:04o}", mode & 0o7777));
     }
     Ok(())
+}
+
+const PERF_EVENT_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+
+/// Sets `kernel.perf_event_paranoid` while it lives, then restores it.
+struct Paranoid {
+    was: String,
+}
+
+impl Paranoid {
+    fn set(level: i32) -> Paranoid {
+        let was = std::fs::read_to_string(PERF_EVENT_PARANOID).expect("read perf_event_paranoid");
+        std::fs::write(PERF_EVENT_PARANOID, level.to_string()).expect("set perf_event_paranoid");
+        Paranoid { was }
+    }
+
+    /// At most 2, as docs/deployment.md asks of nodes for the
+    /// least-privilege variant: Debian's and Ubuntu's kernels refuse
+    /// perf_event_open (tracepoint and kprobe attachment) above 2 without
+    /// CAP_SYS_ADMIN. Left alone where it already is.
+    fn at_most_2() -> Option<Paranoid> {
+        let level: i32 = std::fs::read_to_string(PERF_EVENT_PARANOID).ok()?.trim().parse().ok()?;
+        (level > 2).then(|| Paranoid::set(2))
+    }
+}
+
+impl Drop for Paranoid {
+    fn drop(&mut self) {
+        let _ = std::fs::write(PERF_EVENT_PARANOID, self.was.trim());
+    }
 }
 
 /// A uid and the only capabilities a child runs with.
@@ -250,6 +283,7 @@ const EXEC_EXIT: &str = "probes:\n  exec: {}\n  exit: {}\n";
 /// uid 65534 with CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH only: the
 /// probes attach and count exactly, and the agent holds nothing more.
 fn non_root_counts() -> Result<(), Failed> {
+    let _paranoid = Paranoid::at_most_2();
     let identity = Identity::new(NOBODY, NON_ROOT_CAPS);
     let agent = Agent::start_with(EXEC_EXIT, &[], identity.sonde());
     threads_hold_at_most(agent.pid(), NOBODY, identity.caps, identity.caps)?;
@@ -262,6 +296,7 @@ fn non_root_counts() -> Result<(), Failed> {
 /// gone once it is ready (the bounding set stays: emptying it takes
 /// CAP_SETPCAP), and it counts exactly.
 fn root_least_privilege() -> Result<(), Failed> {
+    let _paranoid = Paranoid::at_most_2();
     let identity = Identity::new(0, ROOT_CAPS);
     let agent = Agent::start_with(&format!("drop_capabilities: true\n{EXEC_EXIT}"), &[], identity.sonde());
     threads_hold_at_most(agent.pid(), 0, kept_after_drop(), identity.caps)?;
@@ -272,6 +307,7 @@ fn root_least_privilege() -> Result<(), Failed> {
 /// capabilities: kprobes (perf_event_open of the kprobe PMU, which takes
 /// CAP_PERFMON) and, where the kernel has it, fentry.
 fn kernel_hooks_attach() -> Result<(), Failed> {
+    let _paranoid = Paranoid::at_most_2();
     let mut hooks = vec!["kprobe"];
     if kernel::expects_fentry() {
         hooks.push("fentry");
@@ -294,6 +330,25 @@ fn kernel_hooks_attach() -> Result<(), Failed> {
         )?;
     }
     Ok(())
+}
+
+/// At `kernel.perf_event_paranoid` 3, a kernel that restricts perf events
+/// above 2 refuses the exec tracepoint to uid 0 with CAP_BPF and
+/// CAP_PERFMON only; the failure then names the setting and its fix.
+fn paranoid_named() -> Result<Completion, Failed> {
+    let _paranoid = Paranoid::set(3);
+    let config = ConfigFile::new("probes:\n  exec: {}\n");
+    let mut command = Identity::new(0, ROOT_CAPS).sonde();
+    command.args(["check", "--attach", "--config", &config.path.display().to_string()]);
+    let out = run_to_exit(command, Duration::from_secs(30))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        return Ok(Completion::ignored_with("this kernel does not restrict perf events above perf_event_paranoid 2"));
+    }
+    for want in ["exec       FAILED", "kernel.perf_event_paranoid is 3", "sysctl kernel.perf_event_paranoid=2"] {
+        expect(stdout.contains(want), format!("stdout {stdout:?} lacks {want:?}"))?;
+    }
+    Ok(Completion::Completed)
 }
 
 /// Without CAP_BPF (or CAP_PERFMON) the agent exits 1 before loading
