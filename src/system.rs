@@ -102,6 +102,22 @@ pub fn perf_event_restriction() -> Option<String> {
     ))
 }
 
+/// Why bpf() may be refused despite CAP_BPF: a seccomp filter, such as the
+/// default profile of container runtimes from before they admitted bpf()
+/// with CAP_BPF (they admit it only with CAP_SYS_ADMIN). None when no
+/// filter is on this process.
+pub fn seccomp_restriction() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:"))?.trim();
+    // 2: SECCOMP_MODE_FILTER.
+    (mode == "2").then(|| {
+        "sonde runs under a seccomp filter (Seccomp: 2 in /proc/self/status), which may refuse bpf() to a \
+         process without CAP_SYS_ADMIN, as older container runtimes' default profiles do: use a runtime whose \
+         default profile admits bpf() with CAP_BPF, or an Unconfined seccomp profile"
+            .to_string()
+    })
+}
+
 /// Checks privileges, mounts tracefs if needed and lifts the memlock limit.
 pub fn prepare() -> Result<(), SystemError> {
     check_capabilities()?;

@@ -45,6 +45,7 @@ pub fn trials() -> Vec<Trial> {
             root_least_privilege,
         ),
         Trial::test("least_privilege_without_cap_bpf_or_cap_perfmon_exits_1_naming_it", missing_capability),
+        Trial::test("least_privilege_bpf_refused_by_seccomp_is_named", seccomp_named),
         Trial::test(
             "least_privilege_drop_capabilities_leaves_no_thread_a_capability_and_scrapes_stay_exact",
             drop_keeps_working,
@@ -129,16 +130,23 @@ impl Drop for Paranoid {
     }
 }
 
-/// A uid and the only capabilities a child runs with.
+/// A uid and the only capabilities a child runs with, and whether a
+/// seccomp filter refuses it bpf() as old container runtimes' default
+/// profiles do to a process without CAP_SYS_ADMIN.
 #[derive(Clone, Copy)]
 struct Identity {
     uid: u32,
     caps: u64,
+    refuse_bpf: bool,
 }
 
 impl Identity {
     fn new(uid: u32, caps: &[u32]) -> Identity {
-        Identity { uid, caps: caps.iter().fold(0, |mask, cap| mask | (1 << cap)) }
+        Identity { uid, caps: caps.iter().fold(0, |mask, cap| mask | (1 << cap)), refuse_bpf: false }
+    }
+
+    fn refusing_bpf(self) -> Identity {
+        Identity { refuse_bpf: true, ..self }
     }
 
     /// A `sonde` command that runs as this identity.
@@ -200,9 +208,38 @@ fn become_identity(id: Identity) -> std::io::Result<()> {
             let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
             check_rc(libc::prctl(libc::PR_CAP_AMBIENT, raise, cap as libc::c_ulong, 0, 0).into())?;
         }
+        if id.refuse_bpf {
+            // A process without CAP_SYS_ADMIN may install a filter only
+            // with no_new_privs.
+            check_rc(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
+            let mut filter = BPF_REFUSING_FILTER;
+            let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
+            let mode = libc::SECCOMP_MODE_FILTER as libc::c_ulong;
+            check_rc(libc::prctl(libc::PR_SET_SECCOMP, mode, &program as *const libc::sock_fprog).into())?;
+        }
     }
     Ok(())
 }
+
+const fn statement(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
+}
+
+/// bpf() fails with EPERM, every other call is allowed. (It does not check
+/// the architecture: it only has to stand in for a runtime's profile in a
+/// test.)
+const BPF_REFUSING_FILTER: [libc::sock_filter; 4] = [
+    // The system call's number: offset 0 of struct seccomp_data.
+    statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+    libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 1,
+        k: libc::SYS_bpf as u32,
+    },
+    statement(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+    statement(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+];
 
 /// Runs `command` to its end, killing it if it runs longer than `within`
 /// (an agent that should have refused to start but serves instead).
@@ -349,6 +386,22 @@ fn paranoid_named() -> Result<Completion, Failed> {
         expect(stdout.contains(want), format!("stdout {stdout:?} lacks {want:?}"))?;
     }
     Ok(Completion::Completed)
+}
+
+/// Under a seccomp filter that refuses bpf() (as old container runtimes'
+/// default profiles do without CAP_SYS_ADMIN), holding CAP_BPF does not
+/// help: the failure says a seccomp filter is on and what to change.
+fn seccomp_named() -> Result<(), Failed> {
+    let config = ConfigFile::new("probes:\n  exec: {}\n");
+    let mut command = Identity::new(0, ROOT_CAPS).refusing_bpf().sonde();
+    command.args(["check", "--attach", "--config", &config.path.display().to_string()]);
+    let out = run_to_exit(command, Duration::from_secs(30))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    expect(out.status.code() == Some(1), format!("exit {:?}, want 1; stdout {stdout:?}", out.status))?;
+    for want in ["exec       FAILED", "Operation not permitted", "seccomp filter (Seccomp: 2", "Unconfined"] {
+        expect(stdout.contains(want), format!("stdout {stdout:?} lacks {want:?}"))?;
+    }
+    Ok(())
 }
 
 /// Without CAP_BPF (or CAP_PERFMON) the agent exits 1 before loading
