@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod bpf_stats;
+pub mod capabilities;
 pub mod config;
 pub mod decode;
 pub mod enrich;

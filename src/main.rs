@@ -73,6 +73,9 @@ struct RunArgs {
     /// Keep the kernel's BPF run-time statistics on while running
     #[arg(long)]
     bpf_stats: bool,
+    /// Drop every capability once the probes are attached (a reload can then no longer load probes)
+    #[arg(long)]
+    drop_capabilities: bool,
 }
 
 #[derive(Subcommand)]
@@ -151,7 +154,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // before it touches the kernel.
     let site = Site::new(&args.telemetry_path, load_web_config(args.web_config_file.as_ref())?)?;
     let config = load_config(args.config.as_ref())?;
-    let origin = Origin { path: args.config, listen: args.listen, strict: args.strict, bpf_stats: args.bpf_stats };
+    let origin = Origin {
+        path: args.config,
+        listen: args.listen,
+        strict: args.strict,
+        bpf_stats: args.bpf_stats,
+        drop_capabilities: args.drop_capabilities,
+    };
     agent::run(config, origin, site)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
 
+use crate::capabilities::{self, CapSet};
 use crate::config::{Config, ConfigError};
 use crate::loader::{verifier_log, LoadContext};
 use crate::metrics::Registry;
@@ -40,6 +41,7 @@ pub struct Origin {
     pub listen: Option<SocketAddr>,
     pub strict: bool,
     pub bpf_stats: bool,
+    pub drop_capabilities: bool,
 }
 
 impl Origin {
@@ -50,6 +52,7 @@ impl Origin {
         }
         config.strict |= self.strict;
         config.bpf_stats |= self.bpf_stats;
+        config.drop_capabilities |= self.drop_capabilities;
         config
     }
 }
@@ -94,12 +97,18 @@ pub fn run(config: Config, origin: Origin, site: http::Site) -> Result<()> {
         ),
         config,
         origin,
+        capabilities_dropped: false,
     };
-    let outcome = agent.start(&control, started);
+    let mut outcome = agent.start(&control, started);
+    if let Ok(None) = outcome {
+        outcome = agent.drop_capabilities().map(|()| None);
+    }
     if let Ok(Some(_)) | Err(_) = outcome {
-        // Terminated while starting, or strict mode failed: fall through to
-        // the shutdown below.
+        // Terminated while starting, strict mode failed, or capabilities
+        // could not be dropped: fall through to the shutdown below.
     } else {
+        // Ready only once capabilities are dropped, so that /healthz
+        // answering 200 means the agent runs as configured.
         scraper.set_ready();
         let signal = agent.serve(&control);
         tracing::info!(signal, "shutting down");
@@ -119,6 +128,9 @@ struct Agent {
     running: Running,
     config: Config,
     origin: Origin,
+    /// Set once `drop_capabilities` has dropped them: nothing can be
+    /// loaded any more.
+    capabilities_dropped: bool,
 }
 
 impl Agent {
@@ -144,6 +156,32 @@ impl Agent {
             "ready"
         );
         Ok(None)
+    }
+
+    /// With `drop_capabilities`, drops every capability of every thread
+    /// now that the probes are attached: what runs from here on reads maps
+    /// and rings through descriptors already open, which takes none.
+    fn drop_capabilities(&mut self) -> Result<()> {
+        if !self.config.drop_capabilities {
+            return Ok(());
+        }
+        let dropped = capabilities::drop_all().context("dropping capabilities (drop_capabilities: true)")?;
+        self.capabilities_dropped = true;
+        if dropped.kept == CapSet(0) {
+            tracing::info!(threads = dropped.threads, "dropped every capability; a reload can no longer load probes");
+        } else {
+            tracing::warn!(
+                kept = %dropped.kept.describe(),
+                threads = dropped.threads,
+                "dropped every other capability: this kernel refuses bpf() on open maps to a process without \
+                 CAP_BPF (before 5.19, with kernel.unprivileged_bpf_disabled set), and scrapes read the probes' \
+                 maps; a reload can no longer load probes"
+            );
+        }
+        if !dropped.bounding_emptied {
+            tracing::info!("the capability bounding set is left as it was: emptying it takes CAP_SETPCAP");
+        }
+        Ok(())
     }
 
     /// Serves until asked to terminate; returns the signal's name.
@@ -185,7 +223,20 @@ impl Agent {
             tracing::warn!(key, old, new, "this setting takes effect at restart; the running value is kept");
         }
         let ctx = LoadContext::new(config.ring_buffer.clone(), config.series_limit);
-        let summary = self.running.apply(&config.probes, &ctx, limits(&config));
+        if self.capabilities_dropped {
+            let to_load = self.running.to_load(&config.probes, &ctx, limits(&config));
+            if !to_load.is_empty() {
+                agent.reload_successful.set(0);
+                return Err(format!(
+                    "this reload would load probe(s) {}, which takes CAP_BPF and CAP_PERFMON, but capabilities \
+                     were dropped once the probes were attached (drop_capabilities); nothing was changed: \
+                     restart sonde to apply this config",
+                    to_load.join(", ")
+                ));
+            }
+        }
+        let retry_failed = !self.capabilities_dropped;
+        let summary = self.running.apply(&config.probes, &ctx, limits(&config), retry_failed);
         let failed = self.running.failed();
         let agent = &self.running.registry().agent;
         self.config = Config { listen: self.config.listen, ..config };
@@ -212,6 +263,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<(&'static str, String, String
     check("const_labels", format!("{:?}", old.const_labels), format!("{:?}", new.const_labels));
     check("bpf_stats", old.bpf_stats.to_string(), new.bpf_stats.to_string());
     check("cri_socket", format!("{:?}", old.cri_socket), format!("{:?}", new.cri_socket));
+    check("drop_capabilities", old.drop_capabilities.to_string(), new.drop_capabilities.to_string());
     check(
         "ring_buffer.poll_interval_ms",
         old.ring_buffer.poll_interval_ms.to_string(),

@@ -205,10 +205,25 @@ impl Running {
         self.registry.agent.forget_probe(name, &probe.programs, &metrics);
     }
 
+    /// The probes of `wanted` that `apply` would load: new ones and
+    /// changed ones (failed ones too, unless `apply` is told not to retry
+    /// them).
+    pub fn to_load(&self, wanted: &[ProbeSettings], ctx: &LoadContext, limits: Limits) -> Vec<String> {
+        wanted
+            .iter()
+            .filter(|settings| {
+                let fingerprint = Fingerprint { settings: (*settings).clone(), ring: ctx.ring_for(settings), limits };
+                self.probes.get(settings.name()).is_none_or(|p| p.fingerprint != fingerprint)
+            })
+            .map(|settings| settings.name().to_string())
+            .collect()
+    }
+
     /// Makes the running probes those of `wanted`: unchanged ones are kept
     /// as they are, changed ones restarted, removed ones stopped, new ones
-    /// started, and failed ones tried again. Returns a summary.
-    pub fn apply(&mut self, wanted: &[ProbeSettings], ctx: &LoadContext, limits: Limits) -> String {
+    /// started, and failed ones tried again if `retry_failed`. Returns a
+    /// summary.
+    pub fn apply(&mut self, wanted: &[ProbeSettings], ctx: &LoadContext, limits: Limits, retry_failed: bool) -> String {
         let (mut kept, mut restarted, mut added, mut removed) = (0, 0, 0, 0);
         let gone: Vec<String> =
             self.probes.keys().filter(|n| !wanted.iter().any(|s| s.name() == n.as_str())).cloned().collect();
@@ -220,7 +235,7 @@ impl Running {
         for settings in wanted {
             let fingerprint = Fingerprint { settings: settings.clone(), ring: ctx.ring_for(settings), limits };
             match self.probes.get(settings.name()) {
-                Some(p) if p.fingerprint == fingerprint && p.failure.is_none() => {
+                Some(p) if p.fingerprint == fingerprint && (p.failure.is_none() || !retry_failed) => {
                     kept += 1;
                     continue;
                 }

@@ -91,6 +91,8 @@ pub struct Config {
     /// The CRI runtime's socket, for the `container`, `pod` and `namespace` labels; None: the usual
     /// containerd and CRI-O sockets are tried.
     pub cri_socket: Option<PathBuf>,
+    /// Drop every capability once the probes are attached.
+    pub drop_capabilities: bool,
     pub probes: Vec<ProbeSettings>,
 }
 
@@ -104,6 +106,7 @@ const CONFIG_KEYS: &[&str] = &[
     "bpf_stats",
     "strict",
     "cri_socket",
+    "drop_capabilities",
     "probes",
 ];
 
@@ -132,6 +135,7 @@ impl<'de> Visitor<'de> for ConfigVisitor<'_> {
             bpf_stats: false,
             strict: false,
             cri_socket: None,
+            drop_capabilities: false,
             probes: Vec::new(),
         };
         let mut seen = BTreeSet::new();
@@ -173,6 +177,7 @@ impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
             "bpf_stats" => config.bpf_stats = bool::deserialize(d)?,
             "strict" => config.strict = bool::deserialize(d)?,
             "cri_socket" => config.cri_socket = Some(cri_socket(d)?),
+            "drop_capabilities" => config.drop_capabilities = bool::deserialize(d)?,
             "probes" => config.probes = probes::deserialize(d, self.catalog)?,
             _ => unreachable!("OneOf only yields CONFIG_KEYS"),
         }

@@ -21,7 +21,7 @@ fn embedded_default_enables_the_nearly_free_probes_with_defaults() {
     assert!(config.const_labels.is_empty());
     assert_eq!(config.series_limit, 10_000);
     assert_eq!(config.series_ttl, Some(DEFAULT_SERIES_TTL));
-    assert!(!config.bpf_stats && !config.strict);
+    assert!(!config.bpf_stats && !config.strict && !config.drop_capabilities);
     assert_eq!(config.cri_socket, None, "detected unless set");
     let rb = &config.ring_buffer;
     assert_eq!((rb.size_bytes, rb.wakeup_bytes, rb.poll_interval_ms), (None, None, 100));
@@ -90,6 +90,7 @@ fn settings_take_effect() {
          series_limit: 5\n\
          bpf_stats: true\n\
          strict: true\n\
+         drop_capabilities: true\n\
          probes:\n  \
            syscalls:\n    \
              labels: [comm, syscall]\n    \
@@ -102,7 +103,7 @@ fn settings_take_effect() {
     assert_eq!(config.listen.to_string(), "[::1]:9100");
     assert_eq!(config.metric_prefix, "node_ebpf");
     assert_eq!(config.series_limit, 5);
-    assert!(config.bpf_stats && config.strict);
+    assert!(config.bpf_stats && config.strict && config.drop_capabilities);
     let syscalls = probe(&config, "syscalls");
     assert_eq!(syscalls.labels, ["comm", "syscall"], "labels keep the order given");
     assert_eq!(syscalls.filter, Filter { comm: vec!["bash".into()], pid: Some(4242) });
@@ -210,6 +211,7 @@ const BAD: &[Bad] = &[
     bad("series_ttl: 99999999999999d\nprobes:\n  exec:\n", 1, 13, &["invalid duration"]),
     bad("strict: yes\nprobes:\n  exec:\n", 1, 9, &["strict", "\"yes\"", "boolean"]),
     bad("bpf_stats: 1\nprobes:\n  exec:\n", 1, 12, &["bpf_stats", "boolean"]),
+    bad("drop_capabilities: on\nprobes:\n  exec:\n", 1, 20, &["drop_capabilities", "\"on\"", "boolean"]),
     // probes: missing, empty, unknown, twice
     bad("listen: 0.0.0.0:1\n", 1, 1, &["no probes configured", "`probes` key is missing", "exec, exit"]),
     bad("", 1, 1, &["no probes configured"]),

@@ -106,6 +106,20 @@ fn detail_suffix(detail: &str) -> String {
     }
 }
 
+/// `detail`, and after it what `restriction` knows of why the kernel
+/// refused, when it refused (EPERM or EACCES) for a reason other than a
+/// missing capability, which sonde checks before loading.
+fn with_hint(detail: String, source: &libbpf_rs::Error, restriction: fn() -> Option<String>) -> String {
+    if source.kind() != libbpf_rs::ErrorKind::PermissionDenied {
+        return detail;
+    }
+    match restriction() {
+        Some(hint) if detail.is_empty() => hint,
+        Some(hint) => format!("{detail}; {hint}"),
+        None => detail,
+    }
+}
+
 /// libbpf's own words for a failure, if it said any.
 fn detail(log: &str) -> String {
     verifier_log::reason(log).unwrap_or_default().to_string()
@@ -347,10 +361,9 @@ where
     }
 
     let loaded = verifier_log::capture(|| open.load());
-    let skel = loaded.map_err(|(source, log)| LoadError::Load {
-        source,
-        detail: detail(&log),
-        verifier_log: verifier_log::verifier_section(&log).unwrap_or_default(),
+    let skel = loaded.map_err(|(source, log)| {
+        let detail = with_hint(detail(&log), &source, crate::system::seccomp_restriction);
+        LoadError::Load { source, detail, verifier_log: verifier_log::verifier_section(&log).unwrap_or_default() }
     })?;
     let object = skel.object();
 
@@ -359,12 +372,15 @@ where
     for spec in &hook.programs {
         let name = spec.program.as_str();
         let prog = object.progs_mut().find(|p| p.name() == name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
-        let link = verifier_log::capture(|| prog.attach()).map_err(|(source, log)| LoadError::Attach {
-            program: name.to_string(),
-            kind: hook.kind.name(),
-            target: spec.target.clone(),
-            source,
-            detail: detail(&log),
+        let link = verifier_log::capture(|| prog.attach()).map_err(|(source, log)| {
+            let detail = with_hint(detail(&log), &source, crate::system::perf_event_restriction);
+            LoadError::Attach {
+                program: name.to_string(),
+                kind: hook.kind.name(),
+                target: spec.target.clone(),
+                source,
+                detail,
+            }
         })?;
         links.push(link);
         let fd = prog.as_fd().try_clone_to_owned().map_err(|e| LoadError::Open(e.into()))?;

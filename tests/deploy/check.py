@@ -569,9 +569,17 @@ def check_listen_in_one_place(results, rendered, workdir):
 
 def privilege_problems(overlay, resources):
     context = one(resources, "DaemonSet")["spec"]["template"]["spec"]["containers"][0].get("securityContext", {})
-    if overlay == "privileged":
-        return [] if context.get("privileged") is True else ["the container is not privileged"]
+    config_map = next(r for r in resources if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "sonde-config")
     problems = []
+    # Both variants give up every capability once the probes are attached.
+    if yaml.safe_load(config_map["data"]["config.yaml"]).get("drop_capabilities") is not True:
+        problems.append("sonde's config does not set drop_capabilities: true")
+    if overlay == "privileged":
+        return problems + ([] if context.get("privileged") is True else ["the container is not privileged"])
+    # A non-root uid would hold none of the added capabilities: Kubernetes
+    # sets no ambient capabilities (docs/deployment.md#capabilities).
+    if context.get("runAsUser") != 0 or context.get("runAsNonRoot") is not False:
+        problems.append("the least-privilege container does not run as uid 0 (runAsUser 0, runAsNonRoot false)")
     if context.get("privileged") is not False:
         problems.append("privileged is not false")
     if context.get("allowPrivilegeEscalation") is not False:

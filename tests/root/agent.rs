@@ -91,6 +91,12 @@ impl Agent {
         Agent::spawn_with(yaml, extra_args, command).ready()
     }
 
+    /// Like `start`, running `command` (a `sonde` command prepared to run
+    /// as another user, say) with the agent's arguments added.
+    pub fn start_with(yaml: &str, extra_args: &[&str], command: Command) -> Agent {
+        Agent::spawn_with(yaml, extra_args, command).ready()
+    }
+
     /// Waits until /healthz says every probe is attached or reported failed.
     fn ready(self) -> Agent {
         let mut agent = self;

@@ -34,16 +34,16 @@ pub fn trials() -> Vec<Trial> {
     trials
 }
 
-fn check(what: &str, got: f64, want: f64) -> Result<(), Failed> {
+pub fn check(what: &str, got: f64, want: f64) -> Result<(), Failed> {
     expect(got == want, format!("{what}: got {got}, want {want}"))
 }
 
-fn exec_count(comm: &str) -> impl Fn(&Metrics) -> f64 + '_ {
+pub fn exec_count(comm: &str) -> impl Fn(&Metrics) -> f64 + '_ {
     move |m| m.value("sonde_exec_total", &[("comm", comm)])
 }
 
 /// Runs `binary` `times` times, each exiting 0.
-fn run_ok(binary: &NamedBinary, times: usize) -> Result<(), Failed> {
+pub fn run_ok(binary: &NamedBinary, times: usize) -> Result<(), Failed> {
     let statuses = binary.run(times, &["exit", "0"]);
     expect(statuses.iter().all(|s| s.code() == Some(0)), format!("workload exit statuses: {statuses:?}"))
 }
@@ -186,13 +186,13 @@ fn expiry_frees_series_limit() -> Result<(), Failed> {
     )
 }
 
-enum Trigger {
+pub enum Trigger {
     Sighup,
     Post,
 }
 
-const RELOADED: &str = "sonde_config_last_reload_successful";
-const RELOADED_AT: &str = "sonde_config_last_reload_success_timestamp_seconds";
+pub const RELOADED: &str = "sonde_config_last_reload_successful";
+pub const RELOADED_AT: &str = "sonde_config_last_reload_success_timestamp_seconds";
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -201,7 +201,7 @@ fn unix_now() -> f64 {
 /// Rewrites the agent's config to `yaml`, reloads it by `trigger` and
 /// waits until the agent reports that reload successful (its success
 /// timestamp grew).
-fn reload_ok(agent: &Agent, yaml: &str, trigger: Trigger) -> Result<(), Failed> {
+pub fn reload_ok(agent: &Agent, yaml: &str, trigger: Trigger) -> Result<(), Failed> {
     let before = agent.scrape().value(RELOADED_AT, &[]);
     // The timestamp may have a resolution of a second: let one pass so
     // that a successful reload is sure to move it.

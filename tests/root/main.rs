@@ -18,6 +18,7 @@ mod http;
 mod kernel;
 mod lifecycle;
 mod pki;
+mod privileges;
 mod probes;
 mod web;
 mod workload;
@@ -39,6 +40,7 @@ fn main() {
     trials.extend(foundation::trials());
     trials.extend(http::trials());
     trials.extend(web::trials());
+    trials.extend(privileges::trials());
     let trials = trials.into_iter().map(|t| if root { t } else { t.with_ignored_flag(true) }).collect::<Vec<Trial>>();
     if !root {
         eprintln!(
