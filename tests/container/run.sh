@@ -420,6 +420,20 @@ port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metr
 pod = {"apiVersion": "v1", "kind": "Pod",
        "metadata": {"name": "sonde-kube-test", **{k: v for k, v in template["metadata"].items() if k != "name"}},
        "spec": spec}
+# A node of a cluster has its container runtime's CRI socket, which the pod
+# mounts with type Socket; this host may have none. Then the volume points at
+# a stand-in socket nothing answers on (sonde logs that the runtime does not
+# answer and leaves the pod labels empty): the pod template itself is unchanged.
+import os, socket
+for volume in spec.get("volumes", []):
+    host_path = volume.get("hostPath")
+    if host_path and host_path.get("type") == "Socket" and not os.path.exists(host_path["path"]):
+        stand_in = out / (volume["name"] + ".sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(stand_in))
+        listener.close()
+        print(f"no {host_path['path']} on this host: volume {volume['name']} uses the stand-in socket {stand_in}", file=sys.stderr)
+        host_path["path"] = str(stand_in)
 configmaps = [r for r in resources if r["kind"] == "ConfigMap"]
 (out / "pod.yaml").write_text(yaml.safe_dump(pod))
 (out / "configmap.yaml").write_text(yaml.safe_dump_all(configmaps))
@@ -432,6 +446,7 @@ kube_section() {
     if ! port=$(render_pod 2> "$RUN_DIR/render.err"); then
         fail "kube play: rendering the DaemonSet's pod template"; sed 's/^/      /' "$RUN_DIR/render.err"; return
     fi
+    [[ -s $RUN_DIR/render.err ]] && sed 's/^/      /' "$RUN_DIR/render.err"
     podman_pods+=(sonde-kube-test)
     if ! podman kube play --configmap "$RUN_DIR/configmap.yaml" "$RUN_DIR/pod.yaml" > "$RUN_DIR/kube.log" 2>&1; then
         fail "podman kube play of the DaemonSet's pod template"; tail -n 20 "$RUN_DIR/kube.log" | sed 's/^/      /'; return
