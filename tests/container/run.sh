@@ -67,10 +67,11 @@ cleanup() {
 summary() {
     cleanup
     echo "container: $passed passed, $failed failed, $skipped skipped ($(since "$T_START"))"
-    [[ $failed -eq 0 ]]
+    # An EXIT trap's own status is not the script's: exit with it.
+    if [[ -n ${interrupted:-} ]]; then exit 130; elif [[ $failed -eq 0 ]]; then exit 0; else exit 1; fi
 }
 trap summary EXIT
-trap 'exit 130' INT TERM
+trap 'interrupted=1; exit 130' INT TERM
 
 # ---------------------------------------------------------------- setup
 install_packages() {
