@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use libbpf_rs::Link;
 
 use crate::config::RingSize;
+use crate::enrich::cgroup_paths::{self, CgroupPaths, PathSink};
 use crate::enrich::{CgroupEnricher, Enricher};
 use crate::loader::{self, verifier_log, LoadContext, Loaded, ProbeFailure};
 use crate::metrics::{Limits, Registry};
@@ -17,7 +18,7 @@ use crate::probes;
 use crate::ring::{Reader, Source};
 use crate::scrape::{KernelCounters, Scraper};
 use crate::sink::{EnricherSource, KernelSink, ProbeSink};
-use crate::spec::{Catalog, ProbeSettings};
+use crate::spec::{Catalog, LabelSource, ProbeSettings};
 
 /// The outcome of loading one configured probe.
 pub enum Outcome {
@@ -75,6 +76,10 @@ pub struct Running {
     scraper: Arc<Scraper>,
     reader: Option<Reader>,
     enrichers: Enrichers,
+    /// The kernel's reports of cgroups made and removed, feeding the cgroup enricher: None until a
+    /// probe first needs that enricher, Some(None) when they could not be had. Dropping the links
+    /// detaches the programs.
+    cgroup_paths: Option<Option<Vec<Link>>>,
     probes: BTreeMap<String, Probe>,
 }
 
@@ -92,6 +97,7 @@ impl Running {
             scraper,
             reader: Some(reader),
             enrichers: Enrichers { cri_socket, ..Enrichers::default() },
+            cgroup_paths: None,
             probes: BTreeMap::new(),
         }
     }
@@ -151,6 +157,9 @@ impl Running {
     ) -> Result<(Vec<Link>, Vec<String>, &'static str), String> {
         let name = settings.name();
         let builtin = self.probes_registry.get(name).ok_or_else(|| format!("probe `{name}` is not registered"))?;
+        if settings.labels.iter().any(|l| settings.spec.label(l).is_some_and(|l| l.source == LabelSource::Cgroup)) {
+            self.follow_cgroups();
+        }
         let decoder = (builtin.decoder)(settings);
         let metrics: Vec<String> = settings.spec.metrics.iter().map(|m| self.registry.full_name(&m.name)).collect();
         let registry = self.registry.clone();
@@ -181,6 +190,49 @@ impl Running {
         let programs = loaded.programs.iter().map(|p| p.name.clone()).collect();
         self.scraper.add(name, KernelCounters { lost: loaded.lost, programs: loaded.programs, aggregate, metrics });
         Ok((loaded.links, programs, loaded.hook.name()))
+    }
+
+    /// The first time a probe needs the cgroup enricher: loads the program that reports cgroups made
+    /// and removed, then creates the enricher (whose walk names what exists; what is made meanwhile
+    /// waits in the ring), and has the ring reader feed it. Without the program the enricher names
+    /// ids by walking only, which misses cgroups removed before a walk; that is logged once.
+    fn follow_cgroups(&mut self) {
+        if self.cgroup_paths.is_some() {
+            return;
+        }
+        let followed = match cgroup_paths::load() {
+            Ok(programs) => self.feed_enricher(programs),
+            Err(err) => Err(err.to_string()),
+        };
+        self.cgroup_paths = Some(match followed {
+            Ok(links) => Some(links),
+            Err(why) => {
+                tracing::warn!(
+                    reason = %why,
+                    "cgroups are named by walking the cgroup2 tree only: those removed before a walk \
+                     (short-lived containers) get empty cgroup labels"
+                );
+                None
+            }
+        });
+    }
+
+    /// Has the ring reader hand the programs' records to the cgroup enricher, and scrapes count what
+    /// their ring lost; returns the links that keep them attached.
+    fn feed_enricher(&mut self, programs: CgroupPaths) -> Result<Vec<Link>, String> {
+        let CgroupPaths { links, ring, lost, programs } = programs;
+        let cgroups = self.enrichers.cgroup()?;
+        let agent = &self.registry.agent;
+        let source = Source {
+            probe: cgroup_paths::NAME.to_string(),
+            ring,
+            sink: Box::new(PathSink::new(cgroups)),
+            received: agent.events_received.with_label_values(&[cgroup_paths::NAME]),
+            decode_errors: agent.decode_errors.with_label_values(&[cgroup_paths::NAME]),
+        };
+        self.reader.as_ref().ok_or("the ring reader has stopped")?.add(source).map_err(|e| e.to_string())?;
+        self.scraper.add(cgroup_paths::NAME, KernelCounters { lost, programs, aggregate: None, metrics: Vec::new() });
+        Ok(links)
     }
 
     /// Detaches a probe and removes its series and self-metrics.
@@ -256,6 +308,7 @@ impl Running {
         for probe in self.probes.values_mut() {
             probe.links = None;
         }
+        self.cgroup_paths = None;
         if let Some(reader) = self.reader.take() {
             reader.stop();
         }

@@ -6,13 +6,25 @@
 //! 64-bit kernels these numbers are never reused within a boot (the upper half counts wraparounds of
 //! the lower), so an id that a walk no longer finds belongs to a cgroup that is gone for good.
 //!
+//! Ids are named three ways:
+//! - At start, one walk names every cgroup that exists.
+//! - While sonde runs, the kernel reports each cgroup it makes and removes (`cgroup_paths.bpf.c`,
+//!   read by the ring reader, applied through `learn`): a made cgroup is named at once, from its
+//!   parent's path and its own name, so a container that lives for milliseconds is named even though
+//!   no walk could ever see it. A removed cgroup keeps its path for `GONE_TTL`, so the series of a
+//!   container that already exited keep their labels.
+//! - Where that program cannot load (an old kernel, no permission), or a report was lost, an id seen
+//!   on the event path and not known yet is named by walking the tree again, which finds it only if
+//!   the cgroup still exists by then.
+//!
 //! A walk lists every directory of the hierarchy, and that costs: on the 2-core development VM the
 //! cgroup2 mount holds 1 directory, walked in about 25 µs; with 500 cgroups made for the measurement
 //! (50 slices of 9 services), a walk of the 501 directories took about 11 ms of CPU, 22 µs per
 //! directory, nearly all of it in the kernel's cgroupfs readdir and path lookup (with a busy machine
 //! and another agent tracing every syscall). So walks are rate-limited, not done per unknown id: at
 //! least `RESCAN_INTERVAL` apart, and further apart on a hierarchy large enough that walking every
-//! `RESCAN_INTERVAL` would take more than 1/`WALK_GAP_FACTOR` of a core.
+//! `RESCAN_INTERVAL` would take more than 1/`WALK_GAP_FACTOR` of a core. Cgroups that a walk no longer
+//! finds keep their paths for `GONE_TTL` too.
 
 use std::ffi::OsStr;
 use std::io;
@@ -34,8 +46,10 @@ use super::{Enricher, Resolution};
 pub const MAX_ENTRIES: usize = 65_536;
 /// Most ids remembered as gone; past it, a gone id costs a (rate-limited) walk when asked for again.
 const MAX_GONE: usize = 65_536;
-/// How long an id is remembered as gone. Scrapes keep asking about a gone cgroup only while its
-/// series exist; after this they stop, and the entry makes room.
+/// Most removed cgroups whose paths are kept; past it, a removed cgroup's id resolves as gone.
+const MAX_DEPARTED: usize = 65_536;
+/// How long an id is remembered as gone, and a removed cgroup's path kept. Scrapes keep asking about a
+/// gone cgroup only while its series exist; after this they stop, and the entry makes room.
 const GONE_TTL: Duration = Duration::from_secs(600);
 /// Shortest time between two walks: a burst of unknown ids is answered by one walk, not one each.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
@@ -78,12 +92,35 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
+    /// Cgroups that exist, as walks found them and the kernel reported them made.
     paths: FxHashMap<u64, Arc<[String]>>,
-    /// Ids a complete walk did not find, with the time of that walk.
+    /// Cgroups that existed with a known path and were removed since: their events' series keep
+    /// their labels for `GONE_TTL`.
+    departed: FxHashMap<u64, Departed>,
+    /// Ids a complete walk did not find, with the time of that walk, and ids removed unnamed.
     gone: FxHashMap<u64, Instant>,
     last_walk: Option<LastWalk>,
     /// The last walk failed to read the root; kept so a lasting failure is logged once.
     failing: bool,
+}
+
+struct Departed {
+    values: Arc<[String]>,
+    since: Instant,
+}
+
+/// A change to the cgroup2 tree as the kernel reports it, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeChange {
+    /// The cgroup `id` was made, named `name` (one path component), in the cgroup `parent`.
+    Made {
+        id: u64,
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Removed {
+        id: u64,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -133,6 +170,29 @@ impl CgroupEnricher {
             let _ = queue.try_send(cgroup_id);
         }
     }
+
+    /// Applies `changes` in order and empties it, unless a walk or a scrape holds the state right now:
+    /// then they stay for the next call, so the ring reader thread never waits for a walk.
+    pub fn try_learn(&self, changes: &mut Vec<TreeChange>) {
+        let state = match self.shared.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        learn_into(state, changes);
+    }
+
+    /// Applies `changes` in order and empties it, waiting for the state if it must.
+    pub fn learn(&self, changes: &mut Vec<TreeChange>) {
+        learn_into(self.shared.lock(), changes);
+    }
+}
+
+fn learn_into(mut state: MutexGuard<'_, State>, changes: &mut Vec<TreeChange>) {
+    let now = Instant::now();
+    for change in changes.drain(..) {
+        state.learn(change, now);
+    }
 }
 
 impl Enricher for CgroupEnricher {
@@ -149,6 +209,12 @@ impl Enricher for CgroupEnricher {
         let mut state = self.shared.lock();
         if let Some(values) = state.paths.get(&cgroup_id) {
             return Resolution::Known(values.clone());
+        }
+        if let Some(departed) = state.departed.get(&cgroup_id) {
+            if asked.saturating_duration_since(departed.since) < GONE_TTL {
+                return Resolution::Known(departed.values.clone());
+            }
+            return Resolution::Gone;
         }
         if state.gone.contains_key(&cgroup_id) {
             return Resolution::Gone;
@@ -253,7 +319,44 @@ impl Shared {
 
 impl State {
     fn knows(&self, id: u64) -> bool {
-        self.paths.contains_key(&id) || self.gone.contains_key(&id)
+        self.paths.contains_key(&id) || self.departed.contains_key(&id) || self.gone.contains_key(&id)
+    }
+
+    /// Takes in one change the kernel reported. A made cgroup is named from its parent's path, as a
+    /// walk would name it; when the parent is not known (its record was lost, or it lies outside the
+    /// mounted tree) or the cache is full, the id is left to a walk.
+    fn learn(&mut self, change: TreeChange, now: Instant) {
+        match change {
+            TreeChange::Made { id, parent, name } => {
+                let Some(parent_path) = self.paths.get(&parent) else { return };
+                if self.paths.len() >= MAX_ENTRIES && !self.paths.contains_key(&id) {
+                    return;
+                }
+                let path = child_text(&parent_path[0], &name);
+                self.gone.remove(&id);
+                self.departed.remove(&id);
+                if self.paths.get(&id).is_none_or(|known| known[0] != path) {
+                    self.paths.insert(id, Arc::from([path]));
+                }
+            }
+            TreeChange::Removed { id } => match self.paths.remove(&id) {
+                Some(values) => self.depart(id, values, now),
+                None if !self.departed.contains_key(&id) => self.mark_gone(id, now),
+                None => {}
+            },
+        }
+    }
+
+    /// Keeps a removed cgroup's path for `GONE_TTL`, making room by forgetting expired ones first.
+    fn depart(&mut self, id: u64, values: Arc<[String]>, since: Instant) {
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed.retain(|_, d| since.saturating_duration_since(d.since) < GONE_TTL);
+        }
+        if self.departed.len() < MAX_DEPARTED {
+            self.departed.insert(id, Departed { values, since });
+        } else {
+            self.mark_gone(id, since);
+        }
     }
 
     fn next_walk_at(&self) -> Instant {
@@ -283,7 +386,8 @@ impl State {
     }
 
     /// Replaces the paths with what a walk found. Cgroups that disappeared leave the cache (and, when
-    /// the walk saw everything, are remembered as gone); a path that did not change keeps its `Arc`.
+    /// the walk saw everything, keep their paths as departed); a path that did not change keeps its
+    /// `Arc`.
     fn record(&mut self, found: Walk, hierarchy_root: &[u8], started: Instant) {
         let mut paths = FxHashMap::with_capacity_and_hasher(found.dirs.len(), Default::default());
         for (id, relative) in found.dirs {
@@ -295,12 +399,13 @@ impl State {
             paths.insert(id, values);
         }
         let disappeared = std::mem::replace(&mut self.paths, paths);
+        self.gone.retain(|_, when| started.saturating_duration_since(*when) < GONE_TTL);
+        self.departed.retain(|_, d| started.saturating_duration_since(d.since) < GONE_TTL);
         if found.complete {
-            for id in disappeared.into_keys() {
-                self.mark_gone(id, started);
+            for (id, values) in disappeared {
+                self.depart(id, values, started);
             }
         }
-        self.gone.retain(|_, when| started.saturating_duration_since(*when) < GONE_TTL);
         self.last_walk = Some(LastWalk { started, took: started.elapsed(), complete: found.complete });
     }
 }
@@ -378,6 +483,18 @@ fn child_path(parent: &[u8], name: &OsStr) -> Vec<u8> {
     path.extend_from_slice(parent);
     path.push(b'/');
     path.extend_from_slice(name.as_bytes());
+    path
+}
+
+/// The rendered path of a cgroup named `name` inside the cgroup whose rendered path is `parent`. The
+/// rendering escapes byte by byte and `/` is never part of an escape, so this is the text the walk
+/// renders from the whole path.
+fn child_text(parent: &str, name: &[u8]) -> String {
+    let mut below = Vec::with_capacity(name.len() + 1);
+    below.push(b'/');
+    below.extend_from_slice(name);
+    let mut path = parent.strip_suffix('/').unwrap_or(parent).to_string();
+    path.push_str(&crate::labels::render_bytes(&below));
     path
 }
 
@@ -494,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_directory_is_dropped_and_resolves_to_none() {
+    fn a_removed_directory_leaves_the_cache_but_keeps_its_path() {
         let tree = TempTree::new();
         let doomed = tree.mkdir("doomed");
         let enricher = CgroupEnricher::with_root(&tree.0).unwrap();
@@ -507,8 +624,98 @@ mod tests {
         // The miss on the new id walks the tree, which no longer has the removed directory.
         assert_eq!(path_of(&enricher, newcomer).as_deref(), Some("/newcomer"));
         assert!(!enricher.shared.lock().paths.contains_key(&doomed));
-        assert_eq!(enricher.resolve(doomed), Resolution::Gone);
-        assert!(enricher.shared.lock().gone.contains_key(&doomed));
+        assert!(enricher.shared.lock().departed.contains_key(&doomed));
+        assert_eq!(path_of(&enricher, doomed).as_deref(), Some("/doomed"), "series of a removed cgroup keep it");
+    }
+
+    /// Ids no file system hands out, for cgroups only the learned changes tell of.
+    const MADE: u64 = 1 << 62;
+
+    fn made(id: u64, parent: u64, name: &[u8]) -> TreeChange {
+        TreeChange::Made { id, parent, name: name.to_vec() }
+    }
+
+    #[test]
+    fn learned_cgroups_resolve_without_a_walk() {
+        let tree = TempTree::new();
+        let enricher = CgroupEnricher::with_root(&tree.0).unwrap();
+        let walked = enricher.shared.lock().last_walk.unwrap().started;
+        let root = id_of(&tree.0);
+        let mut changes = vec![made(MADE, root, b"pod"), made(MADE + 1, MADE, b"ctr\\\xff")];
+        enricher.learn(&mut changes);
+        assert!(changes.is_empty());
+        assert_eq!(path_of(&enricher, MADE).as_deref(), Some("/pod"));
+        assert_eq!(path_of(&enricher, MADE + 1).as_deref(), Some("/pod/ctr\\\\\\xff"), "rendered as a walk does");
+        assert_eq!(enricher.shared.lock().last_walk.unwrap().started, walked, "no walk");
+    }
+
+    #[test]
+    fn a_learned_cgroup_stays_named_after_its_removal_until_the_ttl() {
+        let tree = TempTree::new();
+        let enricher = CgroupEnricher::with_root(&tree.0).unwrap();
+        let mut changes = vec![made(MADE, id_of(&tree.0), b"job"), TreeChange::Removed { id: MADE }];
+        enricher.learn(&mut changes);
+        assert_eq!(path_of(&enricher, MADE).as_deref(), Some("/job"));
+        // A walk does not find it, and does not forget it.
+        wait_until_walk_due(&enricher);
+        let never = MADE + 99;
+        assert_eq!(enricher.resolve(never), Resolution::Gone);
+        assert_eq!(path_of(&enricher, MADE).as_deref(), Some("/job"));
+        let Some(expired) = Instant::now().checked_sub(GONE_TTL + Duration::from_secs(1)) else { return };
+        enricher.shared.lock().departed.get_mut(&MADE).unwrap().since = expired;
+        assert_eq!(enricher.resolve(MADE), Resolution::Gone, "kept for GONE_TTL only");
+    }
+
+    #[test]
+    fn a_cgroup_of_an_unknown_parent_is_left_to_a_walk() {
+        let mut state = State::default();
+        state.learn(made(MADE, 12345, b"orphan"), Instant::now());
+        assert!(!state.knows(MADE));
+        state.learn(TreeChange::Removed { id: MADE }, Instant::now());
+        assert!(state.gone.contains_key(&MADE), "removed unnamed: gone, without a walk");
+    }
+
+    #[test]
+    fn learning_is_bounded() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state.paths.insert(1, Arc::from([String::from("/")]));
+        for id in 2..MAX_ENTRIES as u64 + 1 {
+            state.paths.insert(id, Arc::from([format!("/{id}")]));
+        }
+        state.learn(made(MADE, 1, b"one-too-many"), now);
+        assert!(!state.paths.contains_key(&MADE), "the cache is full");
+
+        let mut state = State::default();
+        let values: Arc<[String]> = Arc::from([String::from("/x")]);
+        for id in 0..MAX_DEPARTED as u64 {
+            state.departed.insert(id, Departed { values: values.clone(), since: now });
+        }
+        state.paths.insert(MADE, values.clone());
+        state.learn(TreeChange::Removed { id: MADE }, now);
+        assert_eq!(state.departed.len(), MAX_DEPARTED);
+        assert!(state.gone.contains_key(&MADE), "no room: remembered as gone");
+
+        let Some(expired) = now.checked_sub(GONE_TTL + Duration::from_secs(1)) else { return };
+        state.departed.values_mut().for_each(|d| d.since = expired);
+        state.paths.insert(MADE + 1, values);
+        state.learn(TreeChange::Removed { id: MADE + 1 }, now);
+        assert_eq!(state.departed.len(), 1, "expired entries make room");
+        assert!(state.departed.contains_key(&(MADE + 1)));
+    }
+
+    #[test]
+    fn a_busy_enricher_keeps_changes_for_later() {
+        let tree = TempTree::new();
+        let enricher = CgroupEnricher::with_root(&tree.0).unwrap();
+        let mut changes = vec![made(MADE, id_of(&tree.0), b"later")];
+        let held = enricher.shared.lock();
+        enricher.try_learn(&mut changes);
+        assert_eq!(changes.len(), 1, "not applied while the state is held");
+        drop(held);
+        enricher.try_learn(&mut changes);
+        assert!(changes.is_empty());
+        assert_eq!(path_of(&enricher, MADE).as_deref(), Some("/later"));
     }
 
     #[test]

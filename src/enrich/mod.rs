@@ -7,6 +7,7 @@
 //! the path that one finds.
 
 pub mod cgroup;
+pub mod cgroup_paths;
 pub mod container;
 pub mod container_path;
 pub mod cri;
@@ -15,7 +16,7 @@ mod mountinfo;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use cgroup::{CgroupEnricher, CgroupError};
+pub use cgroup::{CgroupEnricher, CgroupError, TreeChange};
 pub use container::ContainerEnricher;
 
 /// Turns a cgroup id into label values. Implementations are shared between the ring reader thread

@@ -25,6 +25,7 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("sigterm_at_any_moment_exits_0_and_detaches", sigterm_at_any_moment),
         Trial::test("exit_counts_one_per_process_when_threads_exit_together", threads_exit_together),
         Trial::test("exec_cgroup_label_is_the_cgroup_path", cgroup_label),
+        Trial::test("exec_cgroup_label_names_a_cgroup_removed_before_any_scrape", removed_cgroup_label),
     ];
     // vfs_io is the one probe with no tracepoint: where neither of its
     // hooks works, a config of it alone has every probe failing.
@@ -397,4 +398,27 @@ fn cgroup_label() -> Result<(), Failed> {
     let all = agent.scrape().series("sonde_exec_total");
     let of_comm: Vec<_> = all.iter().filter(|(l, _)| l.iter().any(|(k, v)| k == "comm" && *v == comm)).collect();
     expect(of_comm.len() == 1, format!("execs of {comm} in more than one series: {of_comm:?}"))
+}
+
+/// A cgroup made while the agent runs, which runs a few processes and is removed the moment they
+/// are gone (a `docker run --rm` of a short script, a Job's pod): no walk of the cgroup2 tree can
+/// see it any more by the time the agent reads the events, yet they carry its path, which the
+/// agent learned when the kernel made the cgroup.
+fn removed_cgroup_label() -> Result<(), Failed> {
+    const RUNS: usize = 3;
+    let mount = workload::cgroup2_mount().ok_or("no cgroup2 mount in /proc/self/mountinfo")?;
+    let comm = workload::unique_comm("cr");
+    let agent = Agent::start("probes:\n  exec:\n    labels: [comm, cgroup]\n", &[]);
+    let binary = NamedBinary::new(&comm);
+    let cgroup = Cgroup::create(&mount, &format!("sonde-test-{comm}"));
+    let path = cgroup.path();
+    let statuses = cgroup.run(&binary, RUNS, &["exit", "0"]);
+    // Removed as soon as the kernel lets go of it.
+    drop(cgroup);
+    expect(statuses.iter().all(|s| s.code() == Some(0)), format!("workload exit statuses: {statuses:?}"))?;
+    let labels = [("comm", comm.as_str()), ("cgroup", path.as_str())];
+    let got = agent.settle(RUNS as f64, |m| m.value("sonde_exec_total", &labels));
+    let all = agent.scrape().series("sonde_exec_total");
+    let of_comm: Vec<_> = all.iter().filter(|(l, _)| l.iter().any(|(k, v)| k == "comm" && *v == comm)).collect();
+    expect(got == RUNS as f64, format!("sonde_exec_total{{cgroup={path:?}}}: got {got}, want {RUNS}; {of_comm:?}"))
 }
