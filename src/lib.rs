@@ -16,6 +16,7 @@ pub mod decode;
 pub mod enrich;
 pub mod http;
 pub mod labels;
+pub mod listing;
 pub mod loader;
 pub mod metrics;
 pub mod probes;

@@ -9,9 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sonde::agent::{self, signals, Origin};
 use sonde::config::{self, Config, ConfigError};
 use sonde::http::{Site, SiteError, DEFAULT_TELEMETRY_PATH};
-use sonde::spec::{MetricKind, ProbeSettings};
 use sonde::web::{WebConfig, WebConfigError};
-use sonde::{loader, probes, system};
+use sonde::{listing, loader, probes, system};
 
 /// Blocks the signals the agent handles before `main` runs, and before any
 /// thread exists: a SIGTERM in the first milliseconds waits for the agent
@@ -93,13 +92,31 @@ enum Command {
         #[arg(long)]
         attach: bool,
     },
-    /// List the built-in probes and whether this kernel supports them
-    Probes,
+    /// List the built-in probes, the hook each would use on this kernel and why the others were skipped
+    Probes {
+        /// Also write sonde's and libbpf's diagnostics from the trial loads to standard error
+        #[arg(long, short)]
+        verbose: bool,
+        #[arg(long, short, value_enum, default_value_t = ListingFormat::Text)]
+        output: ListingFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListingFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    match cli.command {
+        // The listing is the output: the trial loads' logs would interleave
+        // with it on a terminal, so they are written only when asked for.
+        Some(Command::Probes { verbose: false, .. }) => {}
+        Some(Command::Probes { verbose: true, .. }) => init_logging("debug", cli.log_format),
+        _ => init_logging(&cli.log_level, cli.log_format),
+    }
     if !matches!(cli.command, None | Some(Command::Run(_))) {
         signals::unblock();
     }
@@ -110,7 +127,7 @@ fn main() -> ExitCode {
         Some(Command::Check { config, web_config_file, attach }) => {
             check(config.or(cli.run.config), web_config_file.or(cli.run.web_config_file), attach)
         }
-        Some(Command::Probes) => list_probes(),
+        Some(Command::Probes { output, .. }) => list_probes(output),
     };
     match result {
         Ok(code) => code,
@@ -125,6 +142,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to standard error at `level`, unless RUST_LOG says otherwise.
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
@@ -187,43 +205,17 @@ fn check(path: Option<PathBuf>, web_config: Option<PathBuf>, attach: bool) -> an
     Ok(ExitCode::SUCCESS)
 }
 
-fn list_probes() -> anyhow::Result<ExitCode> {
+fn list_probes(format: ListingFormat) -> anyhow::Result<ExitCode> {
+    // Routes libbpf's prints into the log (or nowhere), off the terminal.
+    loader::verifier_log::install();
     let can_test = system::has_bpf_privileges() && system::prepare().is_ok();
-    if can_test {
-        loader::verifier_log::install();
-    }
     let defaults = load_config(None)?;
     let ctx = loader::LoadContext::new(defaults.ring_buffer.clone(), defaults.series_limit);
     let registry = probes::Registry::builtin();
-    for spec in registry.specs() {
-        println!("{}: {}", spec.name, spec.summary);
-        for hook in &spec.hooks {
-            let targets: Vec<&str> = hook.programs.iter().map(|p| p.target.as_str()).collect();
-            println!("  hook     {:<15} {}", hook.kind.name(), targets.join(", "));
-            println!("           cost: {}", hook.cost().describe());
-        }
-        for metric in &spec.metrics {
-            let kind = match metric.kind {
-                MetricKind::Counter => "counter",
-                MetricKind::Histogram => "histogram",
-            };
-            println!("  metric   {}_{} ({kind})", defaults.metric_prefix, metric.name);
-        }
-        let labels: Vec<String> = spec
-            .labels
-            .iter()
-            .map(|l| if spec.default_labels.contains(&l.name) { format!("{}*", l.name) } else { l.name.clone() })
-            .collect();
-        println!("  labels   {} (* = on by default)", labels.join(", "));
-        let support = if can_test {
-            match agent::load_one(&registry, &ProbeSettings::defaults(spec.clone()), &ctx) {
-                agent::Outcome::Attached(loaded) => format!("supported, via {}", loaded.hook.name()),
-                agent::Outcome::Failed(failure) => format!("unsupported: {failure}"),
-            }
-        } else {
-            "unknown: run as root to test this kernel".to_string()
-        };
-        println!("  kernel   {support}\n");
+    let listing = listing::collect(&registry, &defaults.metric_prefix, can_test.then_some(&ctx));
+    match format {
+        ListingFormat::Text => print!("{}", listing::render_text(&listing)),
+        ListingFormat::Json => println!("{}", serde_json::to_string_pretty(&listing)?),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,9 @@ pub fn load_one(registry: &probes::Registry, settings: &ProbeSettings, ctx: &Loa
     let Some(builtin) = registry.get(name) else { unreachable!("config validation only admits registered probes") };
     match loader::load_probe(builtin.load, settings, ctx) {
         Ok(loaded) => {
+            for (kind, why) in loader::explain_attempts(&settings.spec, &loaded.skipped) {
+                tracing::info!(probe = name, hook = kind.name(), reason = why, "hook skipped");
+            }
             tracing::info!(probe = name, hook = loaded.hook.name(), "probe attached");
             Outcome::Attached(Box::new(loaded))
         }
@@ -122,18 +125,22 @@ impl Running {
         let registry = self.registry.clone();
         let agent = &registry.agent;
         let probe = match load_one(&self.probes_registry, &fingerprint.settings, ctx) {
-            Outcome::Attached(loaded) => match self.wire(&fingerprint.settings, *loaded, limits) {
-                Ok((links, programs, hook)) => {
-                    agent.probe_up.with_label_values(&[&name, hook]).set(1);
-                    Probe { fingerprint, links: Some(links), programs, failure: None }
+            Outcome::Attached(loaded) => {
+                let facts: Vec<_> = loaded.programs.iter().map(|p| (p.name.clone(), p.facts())).collect();
+                match self.wire(&fingerprint.settings, *loaded, limits) {
+                    Ok((links, programs, hook)) => {
+                        agent.probe_up.with_label_values(&[&name, hook]).set(1);
+                        agent.record_programs(&name, hook, &facts);
+                        Probe { fingerprint, links: Some(links), programs, failure: None }
+                    }
+                    Err(why) => {
+                        tracing::warn!(probe = name, reason = %why, "probe unavailable");
+                        agent.probe_up.with_label_values(&[&name, "none"]).set(0);
+                        agent.probe_errors.with_label_values(&[&name, "metrics"]).inc();
+                        Probe { fingerprint, links: None, programs: Vec::new(), failure: Some(why) }
+                    }
                 }
-                Err(why) => {
-                    tracing::warn!(probe = name, reason = %why, "probe unavailable");
-                    agent.probe_up.with_label_values(&[&name, "none"]).set(0);
-                    agent.probe_errors.with_label_values(&[&name, "metrics"]).inc();
-                    Probe { fingerprint, links: None, programs: Vec::new(), failure: Some(why) }
-                }
-            },
+            }
             Outcome::Failed(failure) => {
                 agent.probe_up.with_label_values(&[&name, "none"]).set(0);
                 for (_, err) in &failure.attempts {

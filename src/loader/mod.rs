@@ -4,6 +4,7 @@
 //! program handles) owns its own file descriptors.
 
 pub mod verifier_log;
+pub mod why_skipped;
 
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
@@ -11,9 +12,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapHandle, OpenObject};
 
+use crate::bpf_stats::{self, ProgramFacts};
 use crate::config::{RingBufferConfig, RingSize, MAX_COMM_FILTERS};
 use crate::metrics::Layout;
-use crate::spec::{Filter, HookChoice, HookKind, HookSpec, LabelSource, ProbeSettings};
+use crate::spec::{Filter, HookChoice, HookKind, HookSpec, LabelSource, ProbeSettings, ProbeSpec};
 
 /// What every load needs besides the probe's own config.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,11 +69,20 @@ pub struct Loaded {
     /// event number only.
     pub direct: Option<MapHandle>,
     pub programs: Vec<LoadedProgram>,
+    /// The hooks tried before this one, each with its error.
+    pub skipped: Vec<(HookKind, LoadError)>,
 }
 
 pub struct LoadedProgram {
     pub name: String,
     pub fd: OwnedFd,
+}
+
+impl LoadedProgram {
+    /// What the verifier and the JIT made of it.
+    pub fn facts(&self) -> std::io::Result<ProgramFacts> {
+        bpf_stats::program_facts(self.fd.as_fd())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +160,24 @@ pub struct ProbeFailure {
     pub attempts: Vec<(HookKind, LoadError)>,
 }
 
+impl ProbeFailure {
+    /// Each hook tried, in order, with why it could not be used.
+    pub fn reasons(&self, spec: &ProbeSpec) -> Vec<(HookKind, String)> {
+        explain_attempts(spec, &self.attempts)
+    }
+}
+
+/// Why each of `attempts` (hooks of `spec` that failed) could not be used.
+pub fn explain_attempts(spec: &ProbeSpec, attempts: &[(HookKind, LoadError)]) -> Vec<(HookKind, String)> {
+    attempts
+        .iter()
+        .map(|(kind, err)| match spec.hook_of(*kind) {
+            Some(hook) => (*kind, why_skipped::explain(hook, err)),
+            None => (*kind, err.to_string()),
+        })
+        .collect()
+}
+
 impl std::fmt::Display for ProbeFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, (kind, err)) in self.attempts.iter().enumerate() {
@@ -175,7 +204,10 @@ pub fn load_probe(load: LoadFn, settings: &ProbeSettings, ctx: &LoadContext) -> 
     let mut attempts = Vec::new();
     for hook in candidates {
         match load(settings, hook, ctx) {
-            Ok(loaded) => return Ok(loaded),
+            Ok(mut loaded) => {
+                loaded.skipped = attempts;
+                return Ok(loaded);
+            }
             Err(err) => {
                 tracing::debug!(probe = spec.name, hook = hook.kind.name(), error = %err, "hook failed");
                 attempts.push((hook.kind, err));
@@ -405,7 +437,7 @@ where
         Some(table) if table.direct_keys > 0 => Some(handle("agg_direct")?),
         _ => None,
     };
-    Ok(Loaded { hook: hook.kind, links, events, lost, aggregates, direct, programs })
+    Ok(Loaded { hook: hook.kind, links, events, lost, aggregates, direct, programs, skipped: Vec::new() })
 }
 
 /// The key a full aggregation table counts into: created here, before any

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::MetricsError;
+use crate::bpf_stats::ProgramFacts;
 
 pub struct SelfMetrics {
     pub probe_up: IntGaugeVec,
@@ -16,12 +17,16 @@ pub struct SelfMetrics {
     pub series_expired: IntCounterVec,
     pub prog_run_count: IntCounterVec,
     pub prog_run_seconds: prometheus::CounterVec,
+    pub program_info: IntGaugeVec,
+    pub verified_instructions: IntGaugeVec,
+    pub xlated_bytes: IntGaugeVec,
+    pub jited_bytes: IntGaugeVec,
     pub reload_successful: IntGauge,
     pub reload_success_time: Gauge,
 }
 
 /// Label names of sonde's own metrics, which constant labels may not use.
-pub const SELF_LABELS: &[&str] = &["probe", "hook", "stage", "metric", "version", "libbpf", "program"];
+pub const SELF_LABELS: &[&str] = &["probe", "hook", "stage", "metric", "version", "libbpf", "program", "jited"];
 
 impl SelfMetrics {
     /// Registers every self-metric; returns them and their full names.
@@ -80,6 +85,28 @@ impl SelfMetrics {
                 opts("bpf_prog_run_seconds_total", "Kernel time spent running the program (needs BPF stats on)."),
                 &["probe", "program"],
             )?),
+            program_info: register!(IntGaugeVec::new(
+                opts(
+                    "probe_program_info",
+                    "1 for each BPF program of an attached probe: its hook and whether it is JITed."
+                ),
+                &["probe", "program", "hook", "jited"],
+            )?),
+            verified_instructions: register!(IntGaugeVec::new(
+                opts(
+                    "probe_verified_instructions",
+                    "Instructions the verifier processed to accept the program (Linux 5.16 and later).",
+                ),
+                &["probe", "program"],
+            )?),
+            xlated_bytes: register!(IntGaugeVec::new(
+                opts("probe_xlated_bytes", "Size of the program as the kernel translated it, in BPF instructions."),
+                &["probe", "program"],
+            )?),
+            jited_bytes: register!(IntGaugeVec::new(
+                opts("probe_jited_bytes", "Size of the program's JITed machine code (0: it runs in the interpreter)."),
+                &["probe", "program"],
+            )?),
             reload_successful: register!(IntGauge::with_opts(opts(
                 "config_last_reload_successful",
                 "1 if the last configuration reload succeeded (or none was asked for), else 0.",
@@ -98,6 +125,21 @@ impl SelfMetrics {
         Ok((agent, names))
     }
 
+    /// Records what the verifier and the JIT made of an attached probe's
+    /// programs; a program the kernel would not describe gets no series.
+    pub fn record_programs(&self, probe: &str, hook: &str, programs: &[(String, std::io::Result<ProgramFacts>)]) {
+        for (program, facts) in programs {
+            let Ok(facts) = facts else { continue };
+            let jited = if facts.jited() { "true" } else { "false" };
+            self.program_info.with_label_values(&[probe, program, hook, jited]).set(1);
+            if let Some(verified) = facts.verified_insns {
+                self.verified_instructions.with_label_values(&[probe, program]).set(i64::from(verified));
+            }
+            self.xlated_bytes.with_label_values(&[probe, program]).set(i64::from(facts.xlated_bytes));
+            self.jited_bytes.with_label_values(&[probe, program]).set(i64::from(facts.jited_bytes));
+        }
+    }
+
     /// Drops every series of a probe removed by reload: `programs` are its
     /// BPF programs, `metrics` its metrics' full names.
     pub fn forget_probe(&self, probe: &str, programs: &[String], metrics: &[String]) {
@@ -112,6 +154,12 @@ impl SelfMetrics {
             let _ = vec.remove_label_values(&[probe]);
         }
         for program in programs {
+            for vec in [&self.verified_instructions, &self.xlated_bytes, &self.jited_bytes] {
+                let _ = vec.remove_label_values(&[probe, program]);
+            }
+            for (hook, jited) in HOOK_LABELS.iter().flat_map(|h| [(h, "true"), (h, "false")]) {
+                let _ = self.program_info.remove_label_values(&[probe, program, hook, jited]);
+            }
             let _ = self.prog_run_count.remove_label_values(&[probe, program]);
             let _ = self.prog_run_seconds.remove_label_values(&[probe, program]);
         }

@@ -17,6 +17,7 @@ mod foundation;
 mod http;
 mod kernel;
 mod lifecycle;
+mod listing;
 mod pki;
 mod privileges;
 mod probes;
@@ -37,6 +38,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(probes::trials());
     trials.extend(lifecycle::trials());
+    trials.extend(listing::trials());
     trials.extend(foundation::trials());
     trials.extend(http::trials());
     trials.extend(web::trials());
