@@ -22,6 +22,10 @@ unsafe impl Plain for AggKey {}
 /// Most metrics one probe has: every event carries one value per metric.
 pub const MAX_METRICS: usize = 4;
 
+/// A histogram value that observes nothing: for probes whose records are
+/// of several kinds, each feeding only some of its metrics.
+pub const NOT_OBSERVED: u64 = u64::MAX;
+
 /// What a probe's decoder makes of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
@@ -30,7 +34,7 @@ pub struct Decoded {
     /// split series).
     pub key: u64,
     /// One value per metric, in spec order: added to a counter, observed
-    /// by a histogram.
+    /// by a histogram (unless `NOT_OBSERVED`).
     pub values: [u64; MAX_METRICS],
 }
 

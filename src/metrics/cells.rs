@@ -7,6 +7,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::decode::NOT_OBSERVED;
 use crate::spec::{MetricKind, MetricSpec};
 
 /// Where each of a probe's metrics lives in a series' cells.
@@ -93,12 +94,13 @@ impl Layout {
     }
 
     /// Records one event: `values[i]` is added to counter `i` or observed by
-    /// histogram `i`.
+    /// histogram `i` (`NOT_OBSERVED` skips it).
     #[inline]
     pub fn record(&self, cells: &[AtomicU64], values: &[u64]) {
         for (metric, &value) in self.metrics.iter().zip(values) {
             match metric {
                 MetricCells::Counter { at } => bump(&cells[*at], value),
+                MetricCells::Histogram(_) if value == NOT_OBSERVED => {}
                 MetricCells::Histogram(h) => {
                     bump(&cells[h.at + h.bucket(value)], 1);
                     bump(&cells[h.at + h.bounds.len() + 1], value);
@@ -211,6 +213,19 @@ mod tests {
 
     fn snapshot(cells: &[AtomicU64]) -> Vec<u64> {
         cells.iter().map(|c| c.load(Relaxed)).collect()
+    }
+
+    #[test]
+    fn not_observed_skips_the_histogram_but_not_the_counter() {
+        let layout = Layout::new(
+            &[MetricSpec::counter("c", "help"), MetricSpec::histogram("h", Unit::Seconds, "help")],
+            &[0.000001],
+        );
+        let cells = layout.cells();
+        layout.record(&cells, &[1, NOT_OBSERVED]);
+        layout.record(&cells, &[0, 1000]);
+        // counter, bucket le=1µs, +Inf, sum
+        assert_eq!(snapshot(&cells), vec![1, 1, 0, 1000]);
     }
 
     #[test]

@@ -60,12 +60,7 @@ pub fn status_labels(status: u32) -> (String, String) {
     if signal == 0 {
         (((status >> 8) & 0xff).to_string(), String::new())
     } else {
-        let name = i32::try_from(signal)
-            .ok()
-            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_else(|| format!("SIG{signal}"));
-        (String::new(), name)
+        (String::new(), super::signals::signal_name(signal))
     }
 }
 

@@ -7,6 +7,9 @@
 mod exec;
 mod exit;
 mod file_open;
+mod oom;
+mod process;
+mod signals;
 pub mod syscalls;
 mod vfs_io;
 
@@ -24,7 +27,16 @@ pub struct Builtin {
     pub decoder: fn(&ProbeSettings) -> Arc<dyn Decoder>,
 }
 
-const BUILTINS: &[Builtin] = &[exec::PROBE, exit::PROBE, file_open::PROBE, syscalls::PROBE, vfs_io::PROBE];
+const BUILTINS: &[Builtin] = &[
+    exec::PROBE,
+    exit::PROBE,
+    file_open::PROBE,
+    oom::PROBE,
+    process::PROBE,
+    signals::PROBE,
+    syscalls::PROBE,
+    vfs_io::PROBE,
+];
 
 /// Every probe the agent can run, with its spec built once.
 pub struct Registry {

@@ -13,6 +13,7 @@
 //! unsupported instead.
 
 mod agent;
+mod catalog;
 mod foundation;
 mod http;
 mod kernel;
@@ -37,6 +38,7 @@ fn main() {
     let root = kernel::is_root();
     let mut trials = Vec::new();
     trials.extend(probes::trials());
+    trials.extend(catalog::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());

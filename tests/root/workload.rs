@@ -39,8 +39,64 @@ pub fn dispatch() -> Option<i32> {
             unsafe { libc::raise(libc::SIGKILL) };
             1
         }
+        Some("fork") => fork_children(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
+        Some("catch-usr1") => catch_usr1_until_eof(),
+        Some("allocate") => allocate_forever(),
         _ => 100,
     })
+}
+
+/// Forks `n` children that exit at once, reaping each; 0 when all exited 0.
+fn fork_children(n: usize) -> i32 {
+    for _ in 0..n {
+        // SAFETY: the child only calls _exit.
+        match unsafe { libc::fork() } {
+            0 => unsafe { libc::_exit(0) },
+            -1 => return 101,
+            child => {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                if unsafe { libc::waitpid(child, &mut status, 0) } != child || status != 0 {
+                    return 102;
+                }
+            }
+        }
+    }
+    0
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Catches SIGUSR1 (so that it is delivered, not fatal), says `ready` on
+/// stdout, and exits 0 when stdin closes.
+fn catch_usr1_until_eof() -> i32 {
+    use std::io::{Read, Write};
+    // SAFETY: installs a handler that does nothing.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        if libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) != 0 {
+            return 101;
+        }
+    }
+    if writeln!(std::io::stdout(), "ready").and_then(|_| std::io::stdout().flush()).is_err() {
+        return 102;
+    }
+    let mut rest = Vec::new();
+    match std::io::stdin().read_to_end(&mut rest) {
+        Ok(_) => 0,
+        Err(_) => 103,
+    }
+}
+
+/// Allocates and touches memory 1 MiB at a time until something stops it.
+fn allocate_forever() -> i32 {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        held.push(vec![1u8; 1 << 20]);
+        std::hint::black_box(&held);
+    }
 }
 
 /// `n` threads that wait until all of them run, then all end the process
