@@ -40,6 +40,12 @@ const PROGRAM_NAMES: &[&str] = &[
     "kretprobe_vfs_write",
     "fexit_vfs_read",
     "fexit_vfs_write",
+    "handle_signal_generate",
+    "handle_mark_victim",
+    "handle_fork",
+    // the cgroup path tracker, loaded with any cgroup-derived label
+    "cgroup_made",
+    "cgroup_removed",
 ];
 
 /// Waits (up to 2 s: the kernel frees programs after the last reference
