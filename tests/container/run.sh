@@ -149,6 +149,14 @@ host_workload() {
     for ((i = 0; i < EXECS; i++)); do "$RUN_DIR/bin/$1"; done
 }
 
+# Runs, in a container $3 of engine $1 from image $2, a program named $4 N
+# times (recorded for the cleanup).
+container_workload() {
+    started "$1" "$3"
+    "$1" run --name "$3" --network none "$2" sh -c \
+        "cp /bin/true /tmp/$4 && i=0 && while [ \$i -lt $EXECS ]; do /tmp/$4; i=\$((i+1)); done" >/dev/null
+}
+
 # The ids of the BPF programs that process $1 holds (from its fds' fdinfo):
 # exactly sonde's, whatever else the machine loads meanwhile.
 held_prog_ids() {
@@ -224,10 +232,7 @@ run_scenario() {
     fi
 
     wid="sonde-ct-workload-$suffix"
-    started "$engine" "$wid"
-    if ! $engine run --name "$wid" --network none "$workload_image" sh -c \
-        "cp /bin/true /tmp/$ct_comm && i=0 && while [ \$i -lt $EXECS ]; do /tmp/$ct_comm; i=\$((i+1)); done" \
-        >/dev/null; then
+    if ! container_workload "$engine" "$workload_image" "$wid" "$ct_comm"; then
         fail "$engine: the workload container failed to run"
     else
         got=$(settled_exec_count "$metrics" "$ct_comm" "$EXECS")
@@ -275,10 +280,7 @@ identity_scenario() {
     got=$(settled_exec_count "$metrics" "$host_comm" "$EXECS" 'container_id=""')
     if [[ $got == "$EXECS" ]]; then pass "$engine: host execs carry container_id=\"\" ($got)"
     else fail "$engine: host execs with container_id=\"\": $got, want $EXECS"; fi
-    started "$engine" "$wid"
-    if ! $engine run --name "$wid" --network none "$workload_image" sh -c \
-        "cp /bin/true /tmp/$ct_comm && i=0 && while [ \$i -lt $EXECS ]; do /tmp/$ct_comm; i=\$((i+1)); done" \
-        >/dev/null; then
+    if ! container_workload "$engine" "$workload_image" "$wid" "$ct_comm"; then
         fail "$engine: the workload container failed to run"
     else
         id=$($engine inspect -f '{{.Id}}' "$wid")
