@@ -206,6 +206,7 @@ fn list_probes() -> anyhow::Result<ExitCode> {
             let kind = match metric.kind {
                 MetricKind::Counter => "counter",
                 MetricKind::Histogram => "histogram",
+                MetricKind::Gauge => "gauge",
             };
             println!("  metric   {}_{} ({kind})", defaults.metric_prefix, metric.name);
         }

@@ -40,6 +40,11 @@ const PROGRAM_NAMES: &[&str] = &[
     "kretprobe_vfs_write",
     "fexit_vfs_read",
     "fexit_vfs_write",
+    "handle_set_state",
+    "handle_retransmit",
+    "handle_retransmit_synack",
+    "handle_send_reset",
+    "handle_receive_reset",
 ];
 
 /// Waits (up to 2 s: the kernel frees programs after the last reference

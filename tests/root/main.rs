@@ -20,6 +20,7 @@ mod lifecycle;
 mod pki;
 mod privileges;
 mod probes;
+mod tcp;
 mod web;
 mod workload;
 
@@ -36,6 +37,7 @@ fn main() {
     let root = kernel::is_root();
     let mut trials = Vec::new();
     trials.extend(probes::trials());
+    trials.extend(tcp::trials());
     trials.extend(lifecycle::trials());
     trials.extend(foundation::trials());
     trials.extend(http::trials());
