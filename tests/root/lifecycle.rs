@@ -142,7 +142,7 @@ fn probes_command() -> Result<(), Failed> {
     let out = sonde(&["probes"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     expect(out.status.success(), "sonde probes failed")?;
-    for probe in ["exec", "exit", "file_open", "syscalls", "vfs_io"] {
+    for probe in ["exec", "exit", "file_open", "syscalls", "tcp", "vfs_io"] {
         expect(stdout.contains(&format!("{probe}: ")), format!("{probe} missing from: {stdout}"))?;
     }
     expect(stdout.contains("supported, via tracepoint"), format!("stdout: {stdout}"))?;
