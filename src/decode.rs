@@ -2,6 +2,8 @@
 //! starts with the common header (`struct event_header` in common.h); the
 //! rest is the probe's own, decoded by the probe's `Decoder`.
 
+use std::ops::Range;
+
 use plain::Plain;
 
 // A skeleton with no programs: the generated program loop is empty.
@@ -44,6 +46,12 @@ pub trait Decoder: Send + Sync {
     fn decode(&self, record: &[u8]) -> Result<Decoded, DecodeError>;
     /// The value of the probe's event label `label` for a key it made.
     fn label(&self, label: &str, key: u64) -> String;
+    /// The metrics (spec order) a key counts, and so the ones its series
+    /// shows; `Decoded::values` start at the first. All of them unless a
+    /// probe's metrics count different kinds of events.
+    fn metrics(&self, _key: u64) -> Range<usize> {
+        0..MAX_METRICS
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -120,6 +120,7 @@ fn probe_listing(
                 kind: match m.kind {
                     MetricKind::Counter => "counter",
                     MetricKind::Histogram => "histogram",
+                    MetricKind::Gauge => "gauge",
                 },
             })
             .collect(),

@@ -52,6 +52,10 @@ impl RenderLabels for LabelPlan {
             })
             .collect()
     }
+
+    fn carries(&self, metric: usize, key: &Key) -> bool {
+        self.decoder.metrics(key.event).contains(&metric)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +194,8 @@ impl Sink for ProbeSink {
         let header: &Header = decode(record)?;
         let decoded = self.decoder.decode(record)?;
         let key = self.series.key(&header_comm(header), header.cgroup_id, header.tgid, decoded.key);
-        if self.series.table.record(key, &decoded.values) {
+        let first = self.decoder.metrics(decoded.key).start;
+        if self.series.table.record_from(key, first, &decoded.values) {
             self.series.notice(&key);
         }
         Ok(())

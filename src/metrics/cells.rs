@@ -19,7 +19,13 @@ pub struct Layout {
 
 #[derive(Debug, Clone)]
 enum MetricCells {
-    Counter { at: usize },
+    Counter {
+        at: usize,
+    },
+    /// One cell holding a signed level as two's complement.
+    Gauge {
+        at: usize,
+    },
     Histogram(HistogramCells),
 }
 
@@ -55,6 +61,10 @@ impl Layout {
                     width += 1;
                     MetricCells::Counter { at: width - 1 }
                 }
+                MetricKind::Gauge => {
+                    width += 1;
+                    MetricCells::Gauge { at: width - 1 }
+                }
                 MetricKind::Histogram => {
                     let scale = m.unit.scale();
                     let raw: Box<[u64]> = bounds.iter().map(|b| (b / scale).ceil() as u64).collect();
@@ -85,7 +95,7 @@ impl Layout {
     pub fn histogram_bounds(&self) -> Option<&[u64]> {
         self.metrics.iter().find_map(|m| match m {
             MetricCells::Histogram(h) => Some(&*h.bounds),
-            MetricCells::Counter { .. } => None,
+            MetricCells::Counter { .. } | MetricCells::Gauge { .. } => None,
         })
     }
 
@@ -97,9 +107,16 @@ impl Layout {
     /// histogram `i` (`NOT_OBSERVED` skips it).
     #[inline]
     pub fn record(&self, cells: &[AtomicU64], values: &[u64]) {
-        for (metric, &value) in self.metrics.iter().zip(values) {
+        self.record_from(cells, 0, values);
+    }
+
+    /// Records one event whose values are for metrics `first..`: the event
+    /// kinds of a probe whose metrics count different events.
+    #[inline]
+    pub fn record_from(&self, cells: &[AtomicU64], first: usize, values: &[u64]) {
+        for (metric, &value) in self.metrics.iter().skip(first).zip(values) {
             match metric {
-                MetricCells::Counter { at } => bump(&cells[*at], value),
+                MetricCells::Counter { at } | MetricCells::Gauge { at } => bump(&cells[*at], value),
                 MetricCells::Histogram(_) if value == NOT_OBSERVED => {}
                 MetricCells::Histogram(h) => {
                     bump(&cells[h.at + h.bucket(value)], 1);
@@ -116,6 +133,12 @@ impl Layout {
         }
     }
 
+    /// Whether a gauge holds a level other than zero: such a series must not
+    /// expire, however long it stays unchanged, or the level would be lost.
+    pub fn holds_level(&self, cells: &[AtomicU64]) -> bool {
+        self.metrics.iter().any(|m| matches!(m, MetricCells::Gauge { at } if cells[*at].load(Relaxed) != 0))
+    }
+
     /// A cheap fingerprint of a series' activity: it changes whenever an
     /// event is recorded (every metric counts events, so the total moves).
     pub fn activity(cells: &[AtomicU64]) -> u64 {
@@ -127,6 +150,7 @@ impl Layout {
     pub fn write(&self, index: usize, out: &mut String, name: &str, labels: &str, cells: &[u64]) {
         match &self.metrics[index] {
             MetricCells::Counter { at } => sample(out, name, "", labels, cells[*at]),
+            MetricCells::Gauge { at } => sample(out, name, "", labels, cells[*at] as i64),
             MetricCells::Histogram(h) => {
                 let sep = if labels.is_empty() { "" } else { "," };
                 let mut cumulative = 0u64;
@@ -290,5 +314,20 @@ mod tests {
         let mut out = String::new();
         layout.write(0, &mut out, "c_total", "", &snapshot(&cells));
         assert_eq!(out, "c_total 2\n");
+    }
+
+    #[test]
+    fn gauges_take_signed_deltas_from_their_first_metric_on() {
+        let layout = Layout::new(&[MetricSpec::counter("c_total", "help"), MetricSpec::gauge("g", "help")], &[]);
+        let cells = layout.cells();
+        layout.record_from(&cells, 1, &[1]);
+        assert!(layout.holds_level(&cells), "a level of 1 must not expire");
+        layout.record_from(&cells, 1, &[(-2i64) as u64]);
+        let mut out = String::new();
+        layout.write(1, &mut out, "g", "", &snapshot(&cells));
+        layout.write(0, &mut out, "c_total", "", &snapshot(&cells));
+        assert_eq!(out, "g -1\nc_total 0\n");
+        layout.record_from(&cells, 1, &[1]);
+        assert!(!layout.holds_level(&cells), "back at zero");
     }
 }

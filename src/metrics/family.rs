@@ -17,6 +17,12 @@ use crate::spec::{MetricKind, MetricSpec};
 /// it): the series is left out of this scrape and rendered at the next.
 pub trait RenderLabels: Send + Sync {
     fn values(&self, key: &Key) -> Option<Vec<String>>;
+    /// Whether the key's series carries metric `metric` (spec order): a
+    /// probe whose metrics count different kinds of events keys each kind
+    /// apart, and each kind's series shows only its own metrics.
+    fn carries(&self, _metric: usize, _key: &Key) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +87,7 @@ impl ProbeFamilies {
             let kind = match spec.kind {
                 MetricKind::Counter => "counter",
                 MetricKind::Histogram => "histogram",
+                MetricKind::Gauge => "gauge",
             };
             let help = spec.help.replace('\\', "\\\\").replace('\n', "\\n");
             metrics.push(Metric { header: format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"), name });
@@ -127,9 +134,11 @@ impl ProbeFamilies {
         out.push_str(&metric.header);
         let mut cells = Vec::new();
         for (labels, entries) in &grouping.groups {
+            let mut carried = entries.iter().filter(|e| e.overflow || self.render.carries(index, &e.key)).peekable();
+            let Some(first) = carried.peek() else { continue };
             cells.clear();
-            cells.resize(entries[0].cells.len(), 0);
-            for entry in entries {
+            cells.resize(first.cells.len(), 0);
+            for entry in carried {
                 self.layout.merge_into(&mut cells, &entry.cells);
             }
             self.layout.write(index, out, &metric.name, labels, &cells);

@@ -153,17 +153,23 @@ impl SeriesTable {
     /// series of its own (so enrichers can be told about it).
     #[inline]
     pub fn record(&mut self, key: Key, values: &[u64]) -> bool {
+        self.record_from(key, 0, values)
+    }
+
+    /// As `record`, with values for the metrics from `first` on.
+    #[inline]
+    pub fn record_from(&mut self, key: Key, first: usize, values: &[u64]) -> bool {
         if let Some(&slot) = self.index.get(&key) {
             if let Some(s) = &self.slots[slot as usize] {
-                self.layout.record(&s.entry.cells, values);
+                self.layout.record_from(&s.entry.cells, first, values);
                 return false;
             }
         }
-        self.record_new(key, values)
+        self.record_new(key, first, values)
     }
 
     #[cold]
-    fn record_new(&mut self, key: Key, values: &[u64]) -> bool {
+    fn record_new(&mut self, key: Key, first: usize, values: &[u64]) -> bool {
         let (slot, new) = if self.live < self.limits.series {
             self.live += 1;
             (self.add(key, false), true)
@@ -178,7 +184,7 @@ impl SeriesTable {
             (slot, false)
         };
         if let Some(s) = &self.slots[slot as usize] {
-            self.layout.record(&s.entry.cells, values);
+            self.layout.record_from(&s.entry.cells, first, values);
         }
         new
     }
@@ -270,7 +276,7 @@ impl SeriesTable {
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
             let activity = Layout::activity(&s.entry.cells);
-            if activity != s.activity {
+            if activity != s.activity || self.layout.holds_level(&s.entry.cells) {
                 s.activity = activity;
                 s.idle_since = now;
             } else if now.duration_since(s.idle_since) >= ttl {

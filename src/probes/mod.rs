@@ -11,6 +11,7 @@ mod oom;
 mod process;
 mod signals;
 pub mod syscalls;
+mod tcp;
 mod vfs_io;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ const BUILTINS: &[Builtin] = &[
     process::PROBE,
     signals::PROBE,
     syscalls::PROBE,
+    tcp::PROBE,
     vfs_io::PROBE,
 ];
 
@@ -87,7 +89,9 @@ mod tests {
         assert_eq!(names.len(), BUILTINS.len());
         for spec in registry.specs() {
             assert!(!spec.hooks.is_empty(), "{} has no hook", spec.name);
-            assert!(!spec.metrics.is_empty() && spec.metrics.len() <= crate::decode::MAX_METRICS, "{}", spec.name);
+            // a probe with more metrics than a record has values splits
+            // them among its event kinds (`Decoder::metrics`; see tcp's tests)
+            assert!(!spec.metrics.is_empty(), "{}", spec.name);
             for l in &spec.default_labels {
                 assert!(spec.label(l).is_some(), "{}: default label {l} not in labels", spec.name);
             }

@@ -89,6 +89,9 @@ impl HookSpec {
 pub enum MetricKind {
     Counter,
     Histogram,
+    /// A level that goes up and down: events add signed deltas (as
+    /// two's-complement u64) and the sum is exported as a signed number.
+    Gauge,
 }
 
 /// What a metric's observed values measure. Durations are observed in
@@ -123,6 +126,10 @@ pub struct MetricSpec {
 impl MetricSpec {
     pub fn counter(name: &str, help: &str) -> Self {
         MetricSpec { name: name.into(), kind: MetricKind::Counter, unit: Unit::None, help: help.into() }
+    }
+
+    pub fn gauge(name: &str, help: &str) -> Self {
+        MetricSpec { name: name.into(), kind: MetricKind::Gauge, unit: Unit::None, help: help.into() }
     }
 
     pub fn histogram(name: &str, unit: Unit, help: &str) -> Self {

@@ -46,6 +46,11 @@ const PROGRAM_NAMES: &[&str] = &[
     // the cgroup path tracker, loaded with any cgroup-derived label
     "cgroup_made",
     "cgroup_removed",
+    "handle_set_state",
+    "handle_retransmit",
+    "handle_retransmit_synack",
+    "handle_send_reset",
+    "handle_receive_reset",
 ];
 
 /// Waits (up to 2 s: the kernel frees programs after the last reference

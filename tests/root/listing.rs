@@ -32,7 +32,11 @@ fn expected_hooks() -> Vec<(&'static str, Option<&'static str>)> {
         ("exec", Some("tracepoint")),
         ("exit", Some("tracepoint")),
         ("file_open", best_function_hook.or(Some("tracepoint"))),
+        ("oom", Some("tp_btf")),
+        ("process", Some("tp_btf")),
+        ("signals", Some("tracepoint")),
         ("syscalls", Some("tp_btf")),
+        ("tcp", Some("tracepoint")),
         ("vfs_io", best_function_hook),
     ]
 }

@@ -22,6 +22,7 @@ mod listing;
 mod pki;
 mod privileges;
 mod probes;
+mod tcp;
 mod web;
 mod workload;
 
@@ -39,6 +40,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(probes::trials());
     trials.extend(catalog::trials());
+    trials.extend(tcp::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());
