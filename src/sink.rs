@@ -121,7 +121,7 @@ impl Series {
             dropped: names.iter().map(|n| agent.series_dropped.with_label_values(&[n])).collect(),
             expired: names.iter().map(|n| agent.series_expired.with_label_values(&[n])).collect(),
         };
-        let layout = Arc::new(Layout::new(&spec.metrics, &settings.buckets.bounds()));
+        let layout = Arc::new(Layout::new(&spec.metrics, &settings.buckets));
         let table = SeriesTable::new(layout.clone(), limits, counters);
         let label_count = parts.len();
         let plan = LabelPlan { parts, decoder };

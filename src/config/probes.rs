@@ -369,17 +369,29 @@ impl<'de> Visitor<'de> for BucketsSeed {
     type Value = Buckets;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("`exp2` or a list of increasing upper bounds in seconds")
+        f.write_str("`exp2`, `{linear: {start, width, count}}` or a list of increasing upper bounds")
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Buckets, E> {
         match v {
             "exp2" => Ok(Buckets::Exp2),
             other => Err(E::custom(format!(
-                "unknown bucket layout {}: expected `exp2` or a list of upper bounds in seconds",
+                "unknown bucket layout {}: expected `exp2`, `{{linear: {{start, width, count}}}}` or a list of \
+                 upper bounds in seconds (bytes for size histograms)",
                 quoted(other)
             ))),
         }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Buckets, A::Error> {
+        // one key, `linear`: OneOf refuses any other and a repeat
+        let mut seen = BTreeSet::new();
+        let mut buckets = None;
+        while let Some(key) = map.next_key_seed(OneOf { keys: &["linear"], what: "buckets", seen: &seen })? {
+            seen.insert(key);
+            buckets = Some(map.next_value_seed(LinearSeed)?);
+        }
+        buckets.ok_or_else(|| de::Error::custom("expected `linear: {start, width, count}`"))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buckets, A::Error> {
@@ -393,6 +405,84 @@ impl<'de> Visitor<'de> for BucketsSeed {
             return Err(de::Error::custom("a bucket list needs at least one upper bound"));
         }
         Ok(Buckets::Explicit(bounds))
+    }
+}
+
+/// `linear: {start, width, count}`: `count` upper bounds from `start` on,
+/// `width` apart, in the histogram's base unit.
+struct LinearSeed;
+
+impl<'de> DeserializeSeed<'de> for LinearSeed {
+    type Value = Buckets;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Buckets, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LinearSeed {
+    type Value = Buckets;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping with `start`, `width` and `count`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Buckets, A::Error> {
+        const KEYS: &[&str] = &["start", "width", "count"];
+        let (mut start, mut width, mut count) = (None, None, None);
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key_seed(OneOf { keys: KEYS, what: "linear buckets", seen: &seen })? {
+            seen.insert(key);
+            match key {
+                "start" => start = Some(map.next_value_seed(Number { what: "start", zero_ok: true })?),
+                "width" => width = Some(map.next_value_seed(Number { what: "width", zero_ok: false })?),
+                "count" => count = Some(map.next_value_seed(IntIn { min: 1, max: MAX_BUCKET_BOUNDS as u64 })? as usize),
+                _ => unreachable!("OneOf only yields KEYS"),
+            }
+        }
+        match (start, width, count) {
+            (Some(start), Some(width), Some(count)) => Ok(Buckets::Linear { start, width, count }),
+            _ => Err(de::Error::custom("linear buckets need `start`, `width` and `count`")),
+        }
+    }
+}
+
+/// A finite number, positive (or zero when `zero_ok`).
+struct Number {
+    what: &'static str,
+    zero_ok: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Number {
+    type Value = f64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<f64, D::Error> {
+        scalar(d, "a number", |v| {
+            let x = match v {
+                Scalar::Int(i) => i as f64,
+                Scalar::Float(x) => x,
+                other => return Err(format!("{}: expected a number, found {other}", self.what)),
+            };
+            if x.is_finite() && (x > 0.0 || (self.zero_ok && x == 0.0)) {
+                Ok(x)
+            } else {
+                let least = if self.zero_ok { "zero or more" } else { "positive" };
+                Err(format!("{} {x} must be {least}", self.what))
+            }
+        })
+    }
+}
+
+struct IntIn {
+    min: u64,
+    max: u64,
+}
+
+impl<'de> DeserializeSeed<'de> for IntIn {
+    type Value = u64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        int_in(d, self.min, self.max)
     }
 }
 
@@ -410,7 +500,9 @@ impl<'de> DeserializeSeed<'de> for Bound {
             let x = match v {
                 Scalar::Int(i) => i as f64,
                 Scalar::Float(x) => x,
-                other => return Err(format!("expected a number of seconds, found {other}")),
+                other => {
+                    return Err(format!("expected a number of seconds (bytes for size histograms), found {other}"))
+                }
             };
             if self.count >= MAX_BUCKET_BOUNDS {
                 return Err(format!("at most {MAX_BUCKET_BOUNDS} bucket bounds are supported"));

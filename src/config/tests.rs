@@ -96,6 +96,8 @@ fn settings_take_effect() {
              labels: [comm, syscall]\n    \
              filter: {pid: 4242, comm: [bash]}\n    \
              buckets: [1, 2.5]\n  \
+           file_open:\n    \
+             buckets: {linear: {start: 0.001, width: 0.002, count: 4}}\n  \
            exit:\n    \
              labels: []\n",
     )
@@ -108,6 +110,7 @@ fn settings_take_effect() {
     assert_eq!(syscalls.labels, ["comm", "syscall"], "labels keep the order given");
     assert_eq!(syscalls.filter, Filter { comm: vec!["bash".into()], pid: Some(4242) });
     assert_eq!(syscalls.buckets, Buckets::Explicit(vec![1.0, 2.5]));
+    assert_eq!(probe(&config, "file_open").buckets, Buckets::Linear { start: 0.001, width: 0.002, count: 4 });
     assert!(probe(&config, "exit").labels.is_empty());
     assert_eq!(config.probes[0].spec.name, "syscalls", "probes keep the order given");
 }
@@ -259,6 +262,11 @@ const BAD: &[Bad] = &[
     bad("probes:\n  file_open:\n    buckets: []\n", 3, 14, &["at least one upper bound"]),
     bad("probes:\n  file_open:\n    buckets: linear\n", 3, 14, &["`linear`", "`exp2`"]),
     bad("probes:\n  file_open:\n    buckets: [1ms]\n", 3, 15, &["`1ms`", "number of seconds"]),
+    bad("probes:\n  file_open:\n    buckets: {linear: {start: 0, width: 0, count: 3}}\n", 3, 41, &["width 0 must be positive"]),
+    bad("probes:\n  file_open:\n    buckets: {linear: {start: 0, width: 1, count: 65}}\n", 3, 51, &["65 is out of range: expected 1..=64"]),
+    bad("probes:\n  file_open:\n    buckets: {linear: {start: 1, width: 1}}\n", 3, 23, &["need `start`, `width` and `count`"]),
+    bad("probes:\n  file_open:\n    buckets: {linear: {start: 1, width: 1, count: 2}, exp2: 1}\n", 3, 55,
+        &["unknown buckets key `exp2`; expected one of: linear"]),
     // hook
     bad("probes:\n  vfs_io:\n    hook: bogus\n", 3, 11,
         &["unknown hook `bogus` for probe `vfs_io`", "expected one of: auto, fentry, kprobe"]),

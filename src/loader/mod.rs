@@ -251,7 +251,7 @@ impl CommonRodata {
                 *dst = src as i8;
             }
         }
-        let layout = Layout::new(&settings.spec.metrics, &settings.buckets.bounds());
+        let layout = Layout::new(&settings.spec.metrics, &settings.buckets);
         let raw_bounds = layout.histogram_bounds().unwrap_or(&[]);
         let mut hist_bounds = [0u64; AGG_MAX_BOUNDS];
         for (dst, src) in hist_bounds.iter_mut().zip(raw_bounds) {

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::decode::NOT_OBSERVED;
-use crate::spec::{MetricKind, MetricSpec};
+use crate::spec::{Buckets, MetricKind, MetricSpec};
 
 /// Where each of a probe's metrics lives in a series' cells.
 #[derive(Debug, Clone)]
@@ -50,9 +50,9 @@ struct HistogramCells {
 pub type Cells = Box<[AtomicU64]>;
 
 impl Layout {
-    /// `bounds` are histogram upper bounds in exported units (seconds,
-    /// bytes), shared by every histogram of the probe.
-    pub fn new(metrics: &[MetricSpec], bounds: &[f64]) -> Layout {
+    /// Each histogram takes its bounds from `buckets` in its own unit
+    /// (seconds, bytes).
+    pub fn new(metrics: &[MetricSpec], buckets: &Buckets) -> Layout {
         let mut width = 0;
         let metrics = metrics
             .iter()
@@ -67,6 +67,7 @@ impl Layout {
                 }
                 MetricKind::Histogram => {
                     let scale = m.unit.scale();
+                    let bounds = buckets.bounds(m.unit);
                     let raw: Box<[u64]> = bounds.iter().map(|b| (b / scale).ceil() as u64).collect();
                     let at = width;
                     width += raw.len() + 2;
@@ -229,10 +230,10 @@ fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, value: impl 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Buckets, Unit};
+    use crate::spec::Unit;
 
     fn histogram(bounds: &[f64]) -> Layout {
-        Layout::new(&[MetricSpec::histogram("h", Unit::Seconds, "help")], bounds)
+        Layout::new(&[MetricSpec::histogram("h", Unit::Seconds, "help")], &Buckets::Explicit(bounds.to_vec()))
     }
 
     fn snapshot(cells: &[AtomicU64]) -> Vec<u64> {
@@ -243,7 +244,7 @@ mod tests {
     fn not_observed_skips_the_histogram_but_not_the_counter() {
         let layout = Layout::new(
             &[MetricSpec::counter("c", "help"), MetricSpec::histogram("h", Unit::Seconds, "help")],
-            &[0.000001],
+            &Buckets::Explicit(vec![0.000001]),
         );
         let cells = layout.cells();
         layout.record(&cells, &[1, NOT_OBSERVED]);
@@ -273,10 +274,34 @@ mod tests {
 
     #[test]
     fn default_buckets_take_the_exp2_lookup() {
-        let layout = histogram(&Buckets::Exp2.bounds());
+        let layout = histogram(&Buckets::Exp2.bounds(Unit::Seconds));
         let MetricCells::Histogram(h) = &layout.metrics[0] else { panic!("histogram") };
         assert_eq!(h.bounds[..3], [1000, 2000, 4000]);
         assert_eq!(h.exp2_shift, Some(10));
+    }
+
+    #[test]
+    fn each_histogram_takes_the_buckets_in_its_own_unit() {
+        let metrics = [MetricSpec::histogram("t", Unit::Seconds, "t"), MetricSpec::histogram("b", Unit::Bytes, "b")];
+        let layout = Layout::new(&metrics, &Buckets::Exp2);
+        let bounds = |i: usize| match &layout.metrics[i] {
+            MetricCells::Histogram(h) => h.bounds.clone(),
+            _ => panic!("histogram"),
+        };
+        assert_eq!((bounds(0)[0], bounds(0).len()), (1000, 24), "1 µs in ns, up to ~8.4 s");
+        assert_eq!((bounds(1)[0], *bounds(1).last().unwrap()), (1, 1 << 30), "1 B to 1 GiB");
+        let linear = Layout::new(&metrics[1..], &Buckets::Linear { start: 100.0, width: 50.0, count: 3 });
+        let cells = linear.cells();
+        for bytes in [100, 101, 150, 151, 250] {
+            linear.record(&cells, &[bytes]);
+        }
+        let mut out = String::new();
+        linear.write(0, &mut out, "b", "", &snapshot(&cells));
+        assert_eq!(
+            out,
+            "b_bucket{le=\"100\"} 1\nb_bucket{le=\"150\"} 3\nb_bucket{le=\"200\"} 4\n\
+             b_bucket{le=\"+Inf\"} 5\nb_sum 752\nb_count 5\n"
+        );
     }
 
     #[test]
@@ -304,7 +329,7 @@ mod tests {
     fn counters_and_histograms_share_one_array() {
         let layout = Layout::new(
             &[MetricSpec::counter("c_total", "c"), MetricSpec::histogram("h", Unit::Seconds, "h")],
-            &[0.001],
+            &Buckets::Explicit(vec![0.001]),
         );
         let cells = layout.cells();
         assert_eq!(cells.len(), 1 + 3);
@@ -318,7 +343,8 @@ mod tests {
 
     #[test]
     fn gauges_take_signed_deltas_from_their_first_metric_on() {
-        let layout = Layout::new(&[MetricSpec::counter("c_total", "help"), MetricSpec::gauge("g", "help")], &[]);
+        let layout =
+            Layout::new(&[MetricSpec::counter("c_total", "help"), MetricSpec::gauge("g", "help")], &Buckets::Exp2);
         let cells = layout.cells();
         layout.record_from(&cells, 1, &[1]);
         assert!(layout.holds_level(&cells), "a level of 1 must not expire");

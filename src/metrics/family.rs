@@ -236,7 +236,7 @@ mod tests {
 
     fn setup(limit: usize) -> (SeriesTable, ProbeFamilies) {
         let specs = [MetricSpec::counter("c_total", "help")];
-        let layout = Arc::new(Layout::new(&specs, &[]));
+        let layout = Arc::new(Layout::new(&specs, &crate::spec::Buckets::Exp2));
         let counters = TableCounters { dropped: vec![], expired: vec![] };
         let table = SeriesTable::new(layout.clone(), Limits { series: limit, ttl: None }, counters);
         let families = ProbeFamilies::new(
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn label_count_mismatch_is_an_error() {
         let specs = [MetricSpec::counter("c_total", "help")];
-        let layout = Arc::new(Layout::new(&specs, &[]));
+        let layout = Arc::new(Layout::new(&specs, &crate::spec::Buckets::Exp2));
         let published = Arc::new(Published::default());
         let err = ProbeFamilies::new(
             "p",

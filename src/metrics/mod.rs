@@ -142,7 +142,7 @@ mod tests {
     }
 
     fn families(probe: &str, specs: &[MetricSpec]) -> Arc<ProbeFamilies> {
-        let layout = Arc::new(Layout::new(specs, &[1.0]));
+        let layout = Arc::new(Layout::new(specs, &crate::spec::Buckets::Explicit(vec![1.0])));
         Arc::new(
             ProbeFamilies::new(
                 probe,

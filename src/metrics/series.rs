@@ -329,7 +329,7 @@ mod tests {
     }
 
     fn table(series: usize, ttl: Option<Duration>) -> (SeriesTable, IntCounter, IntCounter) {
-        let layout = Arc::new(Layout::new(&[MetricSpec::counter("c_total", "c")], &[]));
+        let layout = Arc::new(Layout::new(&[MetricSpec::counter("c_total", "c")], &crate::spec::Buckets::Exp2));
         let (c, dropped, expired) = counters();
         (SeriesTable::new(layout, Limits { series, ttl }, c), dropped, expired)
     }

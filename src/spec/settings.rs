@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{HookKind, ProbeSpec};
+use super::{HookKind, ProbeSpec, Unit};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeSettings {
@@ -48,19 +48,29 @@ pub struct Filter {
     pub pid: Option<u32>,
 }
 
+/// Histogram bucket upper bounds, in the histogram's base unit (seconds or
+/// bytes) as exported.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Buckets {
-    /// Powers of two from 1 µs to ~8.4 s.
+    /// Powers of two over the range the unit usually spans: 1 µs to ~8.4 s
+    /// for durations, 1 B to 1 GiB for sizes, 1 to ~8.4 million for counts.
     Exp2,
-    /// Upper bounds in seconds.
+    /// `count` bounds `start, start + width, …`.
+    Linear { start: f64, width: f64, count: usize },
+    /// Listed bounds.
     Explicit(Vec<f64>),
 }
 
 impl Buckets {
-    /// Upper bounds in seconds.
-    pub fn bounds(&self) -> Vec<f64> {
+    /// Upper bounds in `unit`'s base unit.
+    pub fn bounds(&self, unit: Unit) -> Vec<f64> {
         match self {
-            Buckets::Exp2 => (0..24).map(|i| 1e-6 * f64::from(1u32 << i)).collect(),
+            Buckets::Exp2 => match unit {
+                Unit::Seconds => (0..24).map(|i| 1e-6 * f64::from(1u32 << i)).collect(),
+                Unit::Bytes => (0..31).map(|i| f64::from(1u32 << i)).collect(),
+                Unit::None => (0..24).map(|i| f64::from(1u32 << i)).collect(),
+            },
+            Buckets::Linear { start, width, count } => (0..*count).map(|i| start + width * i as f64).collect(),
             Buckets::Explicit(b) => b.clone(),
         }
     }
