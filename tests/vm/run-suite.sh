@@ -397,10 +397,12 @@ parse_output() { # LABEL DIR
     function rec(name, res,   reason) {
         reason = ""
         if (res ~ /^ignored, /) { reason = substr(res, 10); res = "ignored" }
+        # (libtest-mimic: "ignored (<reason>)")
+        if (res ~ /^ignored \(.*\)$/) { reason = substr(res, 10, length(res) - 10); res = "ignored" }
         if (!(name in result)) order[++n] = name
         result[name] = res; why[name] = reason
     }
-    function is_result(s) { return s ~ /^(ok|FAILED|ignored|ignored, .*)$/ }
+    function is_result(s) { return s ~ /^(ok|FAILED|ignored|ignored, .*|ignored \(.*\))$/ }
     {
         line = $0
         gsub(/\033\[[0-9;]*[A-Za-z]/, "", line)   # colour codes, if any
