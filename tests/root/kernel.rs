@@ -15,13 +15,22 @@ pub fn has_kprobes() -> bool {
 /// Whether fentry is expected to work here: `SONDE_EXPECT_FENTRY=0|1` says
 /// so explicitly; otherwise the kernels this suite runs on have either both
 /// kprobes and fentry (distribution kernels) or neither (the sandboxed CI
-/// host, where fentry loads fail with EPERM).
+/// host, where fentry loads fail with EPERM) — except that fentry on a kernel
+/// function also needs ftrace direct calls, which arm64 gained only in 6.4
+/// (there its programs load but attaching them fails with ENOTSUPP).
 pub fn expects_fentry() -> bool {
     match std::env::var("SONDE_EXPECT_FENTRY").as_deref() {
         Ok("1") => true,
         Ok("0") => false,
-        _ => has_kprobes(),
+        _ => has_kprobes() && has_ftrace_direct_calls(),
     }
+}
+
+/// CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, seen through the function it
+/// builds (`register_ftrace_direct`, `_multi` on 6.1).
+pub fn has_ftrace_direct_calls() -> bool {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").expect("read /proc/kallsyms");
+    kallsyms.lines().filter_map(|line| line.split_whitespace().nth(2)).any(|s| s.starts_with("register_ftrace_direct"))
 }
 
 /// Names (as the kernel truncates them, 15 bytes) of sonde's programs.

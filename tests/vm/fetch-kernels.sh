@@ -1,6 +1,10 @@
 #!/bin/bash
 # fetch-kernels.sh DEST_DIR [NAME...]
 # fetch-kernels.sh --list          (prints the known NAMEs)
+# fetch-kernels.sh --arch NAME      (prints NAME's Debian architecture)
+# fetch-kernels.sh --sysroot DEST_DIR ARCH
+#                                   (unpacks ARCH's static build libraries,
+#                                   prints the sysroot's path)
 #
 # Downloads Debian's kprobe-capable cloud kernels for the VM test suite,
 # without installing anything: `apt-get download` + `dpkg -x`. The system's
@@ -9,6 +13,11 @@
 #   NAME         suite               package
 #   debian-6.1   bookworm            linux-image-cloud-amd64 (6.1.x)
 #   debian-6.12  bookworm-backports  linux-image-cloud-amd64 (6.12.x)
+#   debian-arm64-6.1  bookworm       linux-image-cloud-arm64 (6.1.x)
+#
+# A NAME with `-arm64-` is an arm64 kernel (booted by qemu-system-aarch64); it
+# is always resolved through a private arm64 apt configuration, and its
+# directory also gets the guest's static arm64 busybox (busybox-static).
 #
 # With no NAME, all of them are fetched. Result, per kernel:
 #   DEST_DIR/<name>/vmlinuz   the bzImage
@@ -16,6 +25,16 @@
 #   DEST_DIR/<name>/release   the `uname -r` string, e.g. 6.1.0-56-cloud-amd64
 #   DEST_DIR/<name>/package   the versioned package, e.g. linux-image-6.1.0-56-cloud-amd64
 #   DEST_DIR/<name>/version   the Debian package version, e.g. 6.1.192-2
+#   DEST_DIR/<name>/arch      the Debian architecture, e.g. amd64
+#   DEST_DIR/<name>/busybox   (foreign architectures only) static busybox
+#   DEST_DIR/<name>/modules/  (arm64 only) the virtio console's modules, in
+#                             load order (NN-<name>.ko): qemu's arm64 `virt`
+#                             machine has one UART, so run-in-vm.sh puts the
+#                             command's output on a virtio console (hvc0)
+#
+# --sysroot: `apt-get download` + `dpkg -x` of bookworm's SYSROOT_PACKAGES for
+# ARCH (the static libelf and zlib archives and their headers, for a static
+# cross build of sonde) into DEST_DIR/.sysroot/ARCH; nothing is installed.
 #
 # debian-6.1 is resolved with the system's apt when this machine is bookworm
 # (its lists are current: `apt-get update`); otherwise, or if that fails, and
@@ -40,8 +59,17 @@ set -euo pipefail
 log() { printf 'fetch-kernels: %s\n' "$*" >&2; }
 die() { printf 'fetch-kernels: ERROR: %s\n' "$*" >&2; exit 1; }
 
-ALL_NAMES="debian-6.1 debian-6.12"
+ALL_NAMES="debian-6.1 debian-6.12 debian-arm64-6.1"
 if [ "${1:-}" = --list ]; then echo "$ALL_NAMES"; exit 0; fi
+# The Debian architecture of a kernel name: arm64 names carry it.
+arch_of() { case "$1" in *-arm64-*) echo arm64 ;; *) echo amd64 ;; esac; }
+if [ "${1:-}" = --arch ] && [ $# = 2 ]; then arch_of "$2"; exit 0; fi
+SYSROOT_ARCH=""
+if [ "${1:-}" = --sysroot ]; then
+    [ $# = 3 ] || { echo "usage: $0 --sysroot DEST_DIR ARCH" >&2; exit 2; }
+    SYSROOT_ARCH=$3
+    set -- "$2"
+fi
 if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
     exit 2
@@ -59,6 +87,7 @@ spec() {
     case "$1" in
         debian-6.1) echo "bookworm linux-image-cloud-amd64" ;;
         debian-6.12) echo "bookworm-backports linux-image-cloud-amd64" ;;
+        debian-arm64-6.1) echo "bookworm linux-image-cloud-arm64" ;;
         *) die "unknown kernel name '$1' (known: $ALL_NAMES)" ;;
     esac
 }
@@ -101,11 +130,12 @@ find_mirror() {
 
 # Private apt configuration for one suite: echoes nothing, fills APT_OPTS.
 APT_OPTS=()
-private_apt() { # DIR SUITE
+private_apt() { # DIR SUITE [ARCH]
     local dir=$1 suite=$2 signed=""
     mkdir -p "$dir/sources.list.d" "$dir/preferences.d" "$dir/state/lists/partial" \
         "$dir/cache/archives/partial"
     : > "$dir/state/status"
+    local arch=${3:-amd64}
     [ -f "$KEYRING" ] && signed="[signed-by=$KEYRING] "
     printf 'deb %s%s %s main\n' "$signed" "$MIRROR" "$suite" > "$dir/sources.list"
     APT_OPTS=(
@@ -122,8 +152,8 @@ private_apt() { # DIR SUITE
         -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
         -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
         -o "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false"
-        -o "APT::Architecture=amd64"
-        -o "APT::Architectures=amd64"
+        -o "APT::Architecture=$arch"
+        -o "APT::Architectures=$arch"
     )
 }
 
@@ -161,23 +191,85 @@ SYSTEM_CODENAME=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null |
 MIRROR=${MIRROR:-$(find_mirror)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 
+HOST_ARCH=$(dpkg --print-architecture)
+
+# The unpacked files of bookworm's PACKAGES for ARCH in DEST/.sysroot/ARCH
+# (a private apt configuration, as for the kernels); prints the path.
+fetch_sysroot() { # ARCH PACKAGES...
+    local arch=$1 root=$DEST/.sysroot/$1 deb pkg
+    shift
+    if [ -z "${REFRESH:-}" ] && [ -f "$root/.complete" ]; then echo "$root"; return; fi
+    private_apt "$DEST/.apt/bookworm-$arch" bookworm "$arch"
+    log "sysroot $arch: private apt: $MIRROR bookworm main"
+    apt-get "${APT_OPTS[@]}" -q update >&2 || die "sysroot $arch: apt-get update of $MIRROR bookworm failed"
+    rm -rf "$root.new"
+    mkdir -p "$root.new"
+    for pkg in "$@"; do
+        deb=$(download "$pkg" "$DEST/.debs/$arch") || die "sysroot $arch: apt-get download $pkg failed"
+        dpkg -x "$deb" "$root.new"
+        printf '%s %s\n' "$pkg" "$(dpkg-deb -f "$deb" Version)" >> "$root.new/.complete"
+        [ -n "${KEEP_DEBS:-}" ] || rm -f "$deb"
+    done
+    rm -rf "$root"
+    mv "$root.new" "$root"
+    log "sysroot $arch: ready: $root ($(tr '\n' ' ' < "$root/.complete"))"
+    echo "$root"
+}
+
+# The guest userland of a foreign-architecture kernel: its static busybox.
+fetch_busybox() { # ARCH OUT_DIR (APT_OPTS set up for ARCH)
+    local deb x
+    deb=$(download busybox-static "$DEST/.debs/$1") || die "apt-get download busybox-static ($1) failed"
+    x=$(mktemp -d "$DEST/.x.XXXXXX")
+    dpkg -x "$deb" "$x"
+    [ -f "$x/bin/busybox" ] || die "$deb has no bin/busybox"
+    mv "$x/bin/busybox" "$2/busybox"
+    rm -rf "$x"
+    [ -n "${KEEP_DEBS:-}" ] || rm -f "$deb"
+}
+
+# virtio-mmio transport and console, built as modules in Debian's arm64 cloud
+# kernel; copied in the order insmod needs them.
+ARM64_CONSOLE_MODULES="drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko
+    drivers/virtio/virtio_mmio.ko drivers/char/virtio_console.ko"
+copy_console_modules() { # MODULES_DIR OUT_DIR
+    local m n=0
+    mkdir -p "$2"
+    for m in $ARM64_CONSOLE_MODULES; do
+        [ -f "$1/kernel/$m" ] || die "kernel package lacks $m (needed for the guest's output console)"
+        n=$((n + 1))
+        cp "$1/kernel/$m" "$2/$n-${m##*/}"
+    done
+}
+
+if [ -n "$SYSROOT_ARCH" ]; then
+    # libelf and zlib, as libbpf-sys's `static` feature links them.
+    # shellcheck disable=SC2086
+    fetch_sysroot "$SYSROOT_ARCH" ${SYSROOT_PACKAGES:-libelf-dev zlib1g-dev}
+    exit 0
+fi
+
 for name in $NAMES; do spec "$name" >/dev/null; done
 
 for name in $NAMES; do
     read -r suite meta <<<"$(spec "$name")"
+    arch=$(arch_of "$name")
     out=$DEST/$name
-    if [ -z "${REFRESH:-}" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/config" ] && [ -s "$out/release" ]; then
+    if [ -z "${REFRESH:-}" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/config" ] && [ -s "$out/release" ] &&
+        { [ "$arch" = "$HOST_ARCH" ] || [ -s "$out/busybox" ]; } &&
+        { [ "$arch" != arm64 ] || [ -d "$out/modules" ]; }; then
         log "$name: present ($(cat "$out/release")), skipping download"
         check_config "$name" "$out/config"
+        echo "$arch" > "$out/arch"
         continue
     fi
-    debdir=$DEST/.debs
+    debdir=$DEST/.debs/$arch
     mkdir -p "$debdir"
     start=$(date +%s.%N)
     pkg="" deb=""
 
     # 1. bookworm itself: the system's apt, if this machine is bookworm.
-    if [ "$suite" = "$SYSTEM_CODENAME" ] && [ -z "${PRIVATE_APT:-}" ]; then
+    if [ "$suite" = "$SYSTEM_CODENAME" ] && [ "$arch" = "$HOST_ARCH" ] && [ -z "${PRIVATE_APT:-}" ]; then
         APT_OPTS=()
         pkg=$(resolve "$meta")
         if [ -n "$pkg" ]; then
@@ -190,8 +282,8 @@ for name in $NAMES; do
 
     # 2. private apt configuration with just this suite of the mirror.
     if [ -z "$deb" ]; then
-        private_apt "$DEST/.apt/$name" "$suite"
-        log "$name: private apt: $MIRROR $suite main (state in $DEST/.apt/$name)"
+        private_apt "$DEST/.apt/$name" "$suite" "$arch"
+        log "$name: private apt: $MIRROR $suite main $arch (state in $DEST/.apt/$name)"
         apt-get "${APT_OPTS[@]}" -q update >&2 ||
             die "$name: apt-get update of $MIRROR $suite failed"
         pkg=$(resolve "$meta")
@@ -217,12 +309,16 @@ for name in $NAMES; do
     echo "$release" > "$out.new/release"
     echo "$pkg" > "$out.new/package"
     dpkg-deb -f "$deb" Version > "$out.new/version"
+    echo "$arch" > "$out.new/arch"
+    [ "$arch" != arm64 ] || copy_console_modules "$x/lib/modules/$release" "$out.new/modules"
+    # (APT_OPTS is the private foreign-architecture configuration here)
+    [ "$arch" = "$HOST_ARCH" ] || fetch_busybox "$arch" "$out.new"
     rm -rf "$x" "$out"
     mv "$out.new" "$out"
     [ -n "${KEEP_DEBS:-}" ] || rm -f "$deb"
     case "$release" in
-        "${name#debian-}".*) ;;
-        *) log "WARNING: $name: release $release is not a ${name#debian-}.x kernel (the suite moved on?)" ;;
+        "${name##*-}".*) ;;
+        *) log "WARNING: $name: release $release is not a ${name##*-}.x kernel (the suite moved on?)" ;;
     esac
     log "$name: ready: $out (release $release, version $(cat "$out/version"))"
 done

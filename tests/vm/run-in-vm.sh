@@ -1,12 +1,13 @@
 #!/bin/bash
 # run-in-vm.sh KERNEL_IMAGE OUTDIR -- CMD [ARG...]
 #
-# Boots KERNEL_IMAGE (a bzImage, e.g. fetch-kernels.sh's DEST/<name>/vmlinuz)
-# in qemu (TCG) with a throw-away initramfs: a static busybox, an /init and the
+# Boots KERNEL_IMAGE (a bzImage or an arm64 Image, e.g. fetch-kernels.sh's
+# DEST/<name>/vmlinuz) in qemu (TCG) with a throw-away initramfs: a static
+# busybox, an /init and the
 # files named in VM_FILES. /init mounts proc, sysfs, devtmpfs, tmpfs (/tmp,
 # /run, /dev/shm), tracefs, debugfs, bpffs and cgroup2, then runs CMD as root
 # (pid != 1, cwd /tmp, stdin /dev/null, PATH=/bin:/sbin:/usr/bin:/usr/sbin)
-# and powers off. Kernel command line: console=ttyS0 rdinit=/init panic=-1
+# and powers off. Kernel command line: console=ttyS0 (aarch64: ttyAMA0) rdinit=/init panic=-1
 # softlockup_panic=1 quiet loglevel=5 mitigations=off $APPEND (a panic or a
 # soft lockup ends the VM at once: an infrastructure failure, not a timeout).
 #
@@ -23,12 +24,25 @@
 #   SMP=2              vCPUs (multi-threaded TCG: one host thread per vCPU)
 #   TIMEOUT=600        seconds before qemu is killed (= infrastructure failure)
 #   APPEND=""          extra kernel command line
+#   ARCH=x86_64        the kernel's architecture: x86_64 or aarch64. It
+#                      picks the defaults of QEMU, CPU, the machine and the
+#                      consoles. aarch64: `-M virt`, kernel console ttyAMA0
+#                      (the machine's only UART), CMD's output on a virtio
+#                      console (hvc0), whose modules VM_MODULES must name.
 #   CPU=max,cx16=off   qemu -cpu model. cx16 is off because qemu 7.2 TCG
-#                      corrupts guest state on `cmpxchg16b %gs:` (used by
+#   (x86_64)           corrupts guest state on `cmpxchg16b %gs:` (used by
 #                      6.12's SLUB fast path; 6.1 does not use it): the 6.12
 #                      guest double-faults or hangs in ~1 of 3 boots with cx16.
+#   CPU=max,pauth-impdef=on  (aarch64) qemu's cheap pointer-authentication
+#                      algorithm instead of the architected one: boots in
+#                      half the time under TCG, same CPU features.
 #   TCG_THREAD=multi   qemu -accel tcg,thread=multi|single
-#   QEMU=qemu-system-x86_64, BUSYBOX=/bin/busybox (must be static)
+#   QEMU=qemu-system-x86_64 (aarch64: qemu-system-aarch64)
+#   BUSYBOX=/bin/busybox  must be static and of ARCH (for aarch64, e.g.
+#                      fetch-kernels.sh's DEST/<name>/busybox)
+#   VM_MODULES=DIR     kernel modules (*.ko) loaded by /init, in name order,
+#                      before anything else (fetch-kernels.sh's
+#                      DEST/<name>/modules for arm64)
 #   KEEP=1             keep the initramfs work dir (path printed)
 #   VM_QUIET=1         do not copy CMD's output to stdout
 #
@@ -46,7 +60,7 @@
 # marker came back from the guest (kernel panic, qemu error, timeout, init
 # failure). `status` tells a CMD that itself exits 125 apart (result=exit).
 #
-# Needs (apt): qemu-system-x86 busybox-static cpio file.
+# Needs (apt): qemu-system-x86 (aarch64: qemu-system-arm) busybox-static cpio file.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -62,13 +76,33 @@ MEM=${MEM:-1024}
 SMP=${SMP:-2}
 TIMEOUT=${TIMEOUT:-600}
 APPEND=${APPEND:-}
-CPU=${CPU:-max,cx16=off}
-QEMU=${QEMU:-qemu-system-x86_64}
+ARCH=${ARCH:-x86_64}
+# Per architecture: qemu, its package, CPU, machine options, the kernel
+# console, and CMD's output channel (a guest tty and qemu's options for it).
+case "$ARCH" in
+    x86_64)
+        QEMU=${QEMU:-qemu-system-x86_64} QEMU_PKG=qemu-system-x86
+        CPU=${CPU:-max,cx16=off}
+        MACHINE=() CONSOLE_TTY=ttyS0 OUTPUT_TTY=ttyS1
+        output_device() { OUTPUT_OPTS=(-serial "file:$1"); }
+        ;;
+    aarch64)
+        QEMU=${QEMU:-qemu-system-aarch64} QEMU_PKG=qemu-system-arm
+        CPU=${CPU:-max,pauth-impdef=on}
+        MACHINE=(-M virt) CONSOLE_TTY=ttyAMA0 OUTPUT_TTY=hvc0
+        [ -n "${VM_MODULES:-}" ] || die "ARCH=aarch64 needs VM_MODULES (virtio console modules)"
+        output_device() {
+            OUTPUT_OPTS=(-chardev "file,id=vmout,path=$1" -device virtio-serial-device
+                -device virtconsole,chardev=vmout)
+        }
+        ;;
+    *) die "unknown ARCH '$ARCH' (x86_64 or aarch64)" ;;
+esac
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 
 [ -f "$KERNEL" ] || die "no kernel image $KERNEL"
 [ -f "$BUSYBOX" ] || die "no busybox at $BUSYBOX (apt-get install busybox-static)"
-command -v "$QEMU" >/dev/null || die "no $QEMU (apt-get install qemu-system-x86)"
+command -v "$QEMU" >/dev/null || die "no $QEMU (apt-get install $QEMU_PKG)"
 file -L "$BUSYBOX" | grep -q 'statically linked' ||
     die "$BUSYBOX is not static (apt-get install busybox-static)"
 for a in "$@"; do
@@ -99,6 +133,11 @@ add_file() { # HOST GUEST
         done
     fi
 }
+if [ -n "${VM_MODULES:-}" ]; then
+    mkdir -p "$ROOT/lib/vm-modules"
+    cp "$VM_MODULES"/*.ko "$ROOT/lib/vm-modules/" || die "VM_MODULES: no *.ko in $VM_MODULES"
+fi
+printf 'OUTPUT_TTY=/dev/%s\n' "$OUTPUT_TTY" > "$ROOT/etc/vm-arch"
 for spec in ${VM_FILES:-}; do
     case "$spec" in *:*) ;; *) die "VM_FILES entry '$spec' is not HOST:GUEST" ;; esac
     add_file "${spec%%:*}" "${spec#*:}"
@@ -133,8 +172,17 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ulimit -l unlimited
 hostname vmtest
 ip link set lo up 2>/dev/null
-# ttyS1 carries CMD's output and our markers only; ttyS0 is the kernel console.
-exec 3>/dev/ttyS1
+. /etc/vm-arch
+for m in /lib/vm-modules/*.ko; do
+    [ -f "$m" ] || continue
+    insmod "$m" || echo "vm-init: insmod $m failed" > /dev/console
+done
+# A virtio console's port appears once the host has announced it.
+n=0
+while [ ! -c "$OUTPUT_TTY" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+# OUTPUT_TTY carries CMD's output and our markers only; the kernel console is
+# elsewhere (ttyS1 and ttyS0 on x86_64, hvc0 and ttyAMA0 on aarch64).
+exec 3>"$OUTPUT_TTY"
 echo "@@VM_INIT uptime=$(cut -d' ' -f1 /proc/uptime) release=$(uname -r)" >&3
 set --
 while IFS= read -r a; do set -- "$@" "$a"; done < /etc/vm-cmd
@@ -154,12 +202,13 @@ rm -f "$OUTDIR/output.txt" "$OUTDIR/console.log" "$OUTDIR/qemu.log" "$OUTDIR/sta
 : > "$WORK/output.raw"
 START=$(date +%s.%N)
 QRC=0
+output_device "$WORK/output.raw"
 timeout --foreground -k 10 "$TIMEOUT" "$QEMU" \
-    -accel "tcg,thread=${TCG_THREAD:-multi},tb-size=256" -cpu "$CPU" -m "$MEM" -smp "$SMP" \
+    "${MACHINE[@]}" -accel "tcg,thread=${TCG_THREAD:-multi},tb-size=256" -cpu "$CPU" -m "$MEM" -smp "$SMP" \
     -nographic -nodefaults -no-reboot -no-user-config \
     -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
-    -serial "file:$WORK/console.raw" -serial "file:$WORK/output.raw" \
-    -append "console=ttyS0 rdinit=/init panic=-1 softlockup_panic=1 quiet loglevel=5 mitigations=off $APPEND" \
+    -serial "file:$WORK/console.raw" "${OUTPUT_OPTS[@]}" \
+    -append "console=$CONSOLE_TTY rdinit=/init panic=-1 softlockup_panic=1 quiet loglevel=5 mitigations=off $APPEND" \
     > "$OUTDIR/qemu.log" 2>&1 || QRC=$?
 WALL=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
 

@@ -7,8 +7,10 @@
 # prints a test x kernel table and writes it as markdown to docs/kernels.md.
 # See tests/vm/README.md for the contract with the test binary.
 #
-#   --kernels LIST    kernels to boot (default "debian-6.1 debian-6.12"; names
-#                     as in fetch-kernels.sh; "" for none)
+#   --kernels LIST    kernels to boot (default "debian-6.1 debian-6.12
+#                     debian-arm64-6.1"; names as in fetch-kernels.sh; "" for
+#                     none). An arm64 kernel runs aarch64 builds of both
+#                     binaries under qemu-system-aarch64.
 #   --no-host         do not run the suite natively on the host kernel
 #   --no-build        do not build; use SONDE_VM_BIN/SONDE_VM_TESTBIN or the
 #                     binaries recorded by the last build (target/vm/vm-binaries)
@@ -20,6 +22,7 @@
 #
 # Environment:
 #   SONDE_VM_BIN, SONDE_VM_TESTBIN  use these static binaries, skip the build
+#   SONDE_VM_BIN_AARCH64, SONDE_VM_TESTBIN_AARCH64  the same for arm64 kernels
 #   SONDE_KERNELS_MD   markdown output (default docs/kernels.md)
 #   SONDE_VM_ENV       extra host variable names passed into the guests
 #                      (RUST_BACKTRACE and RUST_LOG always are)
@@ -29,6 +32,8 @@
 #                      retry is reported in the table and the markdown
 #   MEM=1024 SMP=2 TIMEOUT=600 APPEND= CPU=  passed to run-in-vm.sh; TIMEOUT
 #                      also bounds the host run
+#   TIMEOUT_AARCH64=2400  TIMEOUT for arm64 kernels (TCG emulates a foreign
+#                      instruction set: several times slower)
 #
 # Exit code: 0 all ran and passed; 1 a test failed (on any kernel); 125 no test
 # failed but an infrastructure failure happened (a VM did not boot or finish,
@@ -48,7 +53,7 @@ log() { printf 'run-suite: %s\n' "$*" >&2; }
 die() { printf 'run-suite: ERROR: %s\n' "$*" >&2; exit "${2:-2}"; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
-KERNELS="debian-6.1 debian-6.12"
+KERNELS="debian-6.1 debian-6.12 debian-arm64-6.1"
 HOST=1 BUILD=1 DOCS=1
 OUT=$REPO/target/vm/results
 KDIR=$REPO/target/vm/kernels
@@ -71,28 +76,41 @@ KNOWN=" $("$HERE/fetch-kernels.sh" --list) "
 for k in $KERNELS; do
     case "$KNOWN" in *" $k "*) ;; *) die "unknown kernel '$k' (known: $("$HERE/fetch-kernels.sh" --list))" ;; esac
 done
+kernel_arch() { "$HERE/fetch-kernels.sh" --arch "$1"; }
+# The host's binaries serve the host run and the amd64 kernels; arm64
+# kernels get their own build (section "arm64" below).
+ARM64_KERNELS="" NEED_HOST_BINARIES=$HOST
+for k in $KERNELS; do
+    if [ "$(kernel_arch "$k")" = arm64 ]; then ARM64_KERNELS="$ARM64_KERNELS $k"; else NEED_HOST_BINARIES=1; fi
+done
 MD=${SONDE_KERNELS_MD:-$REPO/docs/kernels.md}
 export MEM=${MEM:-1024} SMP=${SMP:-2} TIMEOUT=${TIMEOUT:-600}
 RETRIES=${SONDE_VM_RETRIES:-1}
 SUITE_START=$(date +%s)
 
 # ---------------------------------------------------------------- packages
-ensure_packages() {
+# Installs the missing ones; if that is not possible, prints why and fails.
+install_packages() {
     local p missing=()
     for p in "$@"; do
         dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
     done
     [ ${#missing[@]} -gt 0 ] || return 0
-    [ -z "${SONDE_VM_NO_INSTALL:-}" ] || die "missing packages: ${missing[*]} (SONDE_VM_NO_INSTALL is set)"
-    [ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run as root or apt-get install them"
+    if [ -n "${SONDE_VM_NO_INSTALL:-}" ]; then
+        echo "missing packages: ${missing[*]} (SONDE_VM_NO_INSTALL is set)"; return 1
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing packages: ${missing[*]}; run as root or apt-get install them"; return 1
+    fi
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
         apt-get update -q >&2
         apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
-            die "apt-get install ${missing[*]} failed"
+            { echo "apt-get install ${missing[*]} failed"; return 1; }
     fi
 }
+ensure_packages() { local why; why=$(install_packages "$@") || die "$why"; }
 # shellcheck disable=SC2086  # word lists
 ensure_packages $VM_PACKAGES
 if [ "$BUILD" = 1 ] && { [ -z "${SONDE_VM_BIN:-}" ] || [ -z "${SONDE_VM_TESTBIN:-}" ]; }; then
@@ -103,6 +121,13 @@ fi
 # ---------------------------------------------------------------- binaries
 VMTARGET=$REPO/target/vm
 RECORD=$VMTARGET/vm-binaries
+# KEY=path lines in RECORD, one per binary, for --no-build.
+record() { # KEY PATH
+    mkdir -p "$VMTARGET"
+    { grep -v "^$1=" "$RECORD" 2>/dev/null || true; printf '%s=%s\n' "$1" "$2"; } > "$RECORD.new"
+    mv "$RECORD.new" "$RECORD"
+}
+recorded() { sed -n "s/^$1=//p" "$RECORD" 2>/dev/null | tail -1; }
 SONDE=${SONDE_VM_BIN:-}
 TESTBIN=${SONDE_VM_TESTBIN:-}
 
@@ -118,7 +143,7 @@ artifact() { # JSON_FILE TARGET_NAME KIND
         | .executable' "$1" | tail -1
 }
 
-if [ -z "$SONDE" ] || [ -z "$TESTBIN" ]; then
+if [ "$NEED_HOST_BINARIES" = 1 ] && { [ -z "$SONDE" ] || [ -z "$TESTBIN" ]; }; then
     if [ "$BUILD" = 1 ]; then
         mkdir -p "$VMTARGET"
         t0=$(date +%s)
@@ -136,21 +161,125 @@ if [ -z "$SONDE" ] || [ -z "$TESTBIN" ]; then
             TESTBIN=$(artifact "$VMTARGET/build-test.json" root test)
             [ -n "$TESTBIN" ] || die "no 'root' test executable in cargo's JSON output" 3
         fi
-        printf 'SONDE=%s\nTESTBIN=%s\n' "$SONDE" "$TESTBIN" > "$RECORD"
+        record SONDE "$SONDE"
+        record TESTBIN "$TESTBIN"
         log "built in $(( $(date +%s) - t0 ))s: $SONDE, $TESTBIN"
     else
         [ -f "$RECORD" ] || die "--no-build: set SONDE_VM_BIN and SONDE_VM_TESTBIN, or build once ($RECORD missing)"
-        [ -n "$SONDE" ] || SONDE=$(sed -n 's/^SONDE=//p' "$RECORD")
-        [ -n "$TESTBIN" ] || TESTBIN=$(sed -n 's/^TESTBIN=//p' "$RECORD")
+        [ -n "$SONDE" ] || SONDE=$(recorded SONDE)
+        [ -n "$TESTBIN" ] || TESTBIN=$(recorded TESTBIN)
     fi
 fi
-for b in "$SONDE" "$TESTBIN"; do
-    [ -x "$b" ] || die "not an executable: $b" 3
-    file -L "$b" | grep -q -E 'statically linked|static-pie linked' ||
-        log "WARNING: $b is not static; run-in-vm.sh will copy its shared libraries"
-done
-SONDE=$(readlink -f "$SONDE")
-TESTBIN=$(readlink -f "$TESTBIN")
+check_binaries() { # PATH...
+    local b
+    for b in "$@"; do
+        [ -x "$b" ] || die "not an executable: $b" 3
+        file -L "$b" | grep -q -E 'statically linked|static-pie linked' ||
+            log "WARNING: $b is not static; run-in-vm.sh will copy its shared libraries"
+    done
+}
+if [ "$NEED_HOST_BINARIES" = 1 ]; then
+    check_binaries "$SONDE" "$TESTBIN"
+    SONDE=$(readlink -f "$SONDE")
+    TESTBIN=$(readlink -f "$TESTBIN")
+fi
+
+# ---------------------------------------------------------------- arm64
+# arm64 kernels run aarch64 builds of both binaries under qemu-system-aarch64:
+# cross-compiled with gcc-aarch64-linux-gnu against bookworm's arm64 libelf
+# and zlib, unpacked by fetch-kernels.sh --sysroot (nothing arm64 is
+# installed). What cannot be had (a package, the Rust target, the arm64
+# libraries) makes the arm64 kernels' results INFRA with the reason; a
+# compile error is a build failure like any other.
+ARM64_TARGET=aarch64-unknown-linux-gnu
+ARM64_VM_PACKAGES="qemu-system-arm"
+ARM64_BUILD_PACKAGES="gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+export TIMEOUT_AARCH64=${TIMEOUT_AARCH64:-2400}
+ARM64_SONDE=${SONDE_VM_BIN_AARCH64:-}
+ARM64_TESTBIN=${SONDE_VM_TESTBIN_AARCH64:-}
+ARM64_INFRA=""    # why arm64 kernels cannot run, if they cannot
+ARM64_SYSROOT=""
+
+# Sets ARM64_INFRA and fails if a prerequisite of the aarch64 build is missing.
+arm64_build_prerequisites() {
+    # shellcheck disable=SC2086  # word list
+    ARM64_INFRA=$(install_packages $ARM64_BUILD_PACKAGES) || return 1
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$ARM64_TARGET"; then
+        log "adding the Rust target $ARM64_TARGET"
+        rustup target add "$ARM64_TARGET" >&2 || { ARM64_INFRA="rustup target add $ARM64_TARGET failed"; return 1; }
+    fi
+    mkdir -p "$KDIR"
+    ARM64_SYSROOT=$("$HERE/fetch-kernels.sh" --sysroot "$KDIR" arm64) ||
+        { ARM64_INFRA="the arm64 libelf/zlib archives could not be fetched (fetch-kernels.sh --sysroot)"; return 1; }
+}
+# cargo for aarch64: static, cross linker and C compiler, arm64 headers and
+# archives for libbpf-sys (its own libbpf is compiled for the target). The
+# build script's libbpf-sys is built for the host with the same `static`
+# features, so it gets the host's archives (the x86 build's directory).
+arm64_cargo() {
+    (cd "$REPO" && env -u LIBBPF_SYS_LIBRARY_PATH RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=target/vm \
+        "LIBBPF_SYS_LIBRARY_PATH_${TARGET//-/_}=/usr/lib/x86_64-linux-gnu" \
+        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+        CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+        CFLAGS_aarch64_unknown_linux_gnu="-I$ARM64_SYSROOT/usr/include" \
+        LIBBPF_SYS_LIBRARY_PATH_aarch64_unknown_linux_gnu="$ARM64_SYSROOT/usr/lib/aarch64-linux-gnu" \
+        cargo "$@" --target "$ARM64_TARGET" --message-format=json-render-diagnostics)
+}
+arm64_binaries() {
+    if [ -n "$ARM64_SONDE" ] && [ -n "$ARM64_TESTBIN" ]; then return 0; fi
+    if [ "$BUILD" = 0 ]; then
+        [ -n "$ARM64_SONDE" ] || ARM64_SONDE=$(recorded SONDE_AARCH64)
+        [ -n "$ARM64_TESTBIN" ] || ARM64_TESTBIN=$(recorded TESTBIN_AARCH64)
+        [ -n "$ARM64_SONDE" ] && [ -n "$ARM64_TESTBIN" ] ||
+            die "--no-build: set SONDE_VM_BIN_AARCH64 and SONDE_VM_TESTBIN_AARCH64, or build once"
+        return 0
+    fi
+    arm64_build_prerequisites || return 1
+    local t0
+    t0=$(date +%s)
+    if [ -z "$ARM64_SONDE" ]; then
+        log "building static aarch64 sonde (cargo build --release --features static --target $ARM64_TARGET --bin sonde)"
+        arm64_cargo build --release --features static --bin sonde > "$VMTARGET/build-sonde-aarch64.json" ||
+            die "cargo build of sonde for $ARM64_TARGET failed" 3
+        ARM64_SONDE=$(artifact "$VMTARGET/build-sonde-aarch64.json" sonde bin)
+        [ -n "$ARM64_SONDE" ] || die "no aarch64 sonde executable in cargo's JSON output" 3
+    fi
+    if [ -z "$ARM64_TESTBIN" ]; then
+        log "building static aarch64 test binary (cargo test --release --features static --target $ARM64_TARGET --test root --no-run)"
+        arm64_cargo test --release --features static --test root --no-run > "$VMTARGET/build-test-aarch64.json" ||
+            die "cargo test --no-run of the root test for $ARM64_TARGET failed" 3
+        ARM64_TESTBIN=$(artifact "$VMTARGET/build-test-aarch64.json" root test)
+        [ -n "$ARM64_TESTBIN" ] || die "no aarch64 'root' test executable in cargo's JSON output" 3
+    fi
+    record SONDE_AARCH64 "$ARM64_SONDE"
+    record TESTBIN_AARCH64 "$ARM64_TESTBIN"
+    log "built for aarch64 in $(( $(date +%s) - t0 ))s: $ARM64_SONDE, $ARM64_TESTBIN"
+}
+if [ -n "$ARM64_KERNELS" ]; then
+    # shellcheck disable=SC2086  # word list
+    if ARM64_INFRA=$(install_packages $ARM64_VM_PACKAGES) && arm64_binaries; then
+        check_binaries "$ARM64_SONDE" "$ARM64_TESTBIN"
+        ARM64_SONDE=$(readlink -f "$ARM64_SONDE")
+        ARM64_TESTBIN=$(readlink -f "$ARM64_TESTBIN")
+    else
+        log "arm64 kernels ($ARM64_KERNELS ) cannot run: $ARM64_INFRA"
+    fi
+fi
+
+# What run_vm needs per kernel architecture: VM_SONDE, VM_TESTBIN, the
+# run-in-vm.sh settings VM_ARCH_ENV and VM_HOW; fails with VM_INFRA set when
+# the architecture's prerequisites are missing.
+vm_arch_setup() { # NAME
+    VM_INFRA=""
+    if [ "$(kernel_arch "$1")" = arm64 ]; then
+        VM_HOW="qemu-system-aarch64 TCG (virt, cpu ${CPU:-max,pauth-impdef=on})"
+        [ -z "$ARM64_INFRA" ] || { VM_INFRA=$ARM64_INFRA; return 1; }
+        VM_SONDE=$ARM64_SONDE VM_TESTBIN=$ARM64_TESTBIN
+        VM_ARCH_ENV=(ARCH=aarch64 "BUSYBOX=$KDIR/$1/busybox" "VM_MODULES=$KDIR/$1/modules" "TIMEOUT=$TIMEOUT_AARCH64")
+    else
+        VM_SONDE=$SONDE VM_TESTBIN=$TESTBIN VM_ARCH_ENV=() VM_HOW="qemu TCG"
+    fi
+}
 
 # ---------------------------------------------------------------- kernels
 mkdir -p "$OUT"
@@ -182,11 +311,17 @@ run_vm() { # NAME
         : > "$dir/output.txt"
         return
     fi
+    if ! vm_arch_setup "$name"; then
+        printf 'result=infra\nexit=125\nreason=%s\nrelease=%s\nversion=%s\nhow=%s\n' "$VM_INFRA" \
+            "$(cat "$KDIR/$name/release")" "$(cat "$KDIR/$name/version")" "$VM_HOW" > "$dir/status"
+        : > "$dir/output.txt"
+        return
+    fi
     local attempt=0 retried=""
     while :; do
         rc=0
-        log "== $name ($(cat "$KDIR/$name/release")): booting under qemu TCG, MEM=$MEM SMP=$SMP TIMEOUT=$TIMEOUT"
-        VM_FILES="$SONDE:/sonde $TESTBIN:/testbin" VM_ENV="RUST_BACKTRACE RUST_LOG ${SONDE_VM_ENV:-}" \
+        log "== $name ($(cat "$KDIR/$name/release")): booting under $VM_HOW, MEM=$MEM SMP=$SMP ${VM_ARCH_ENV[*]}"
+        env "${VM_ARCH_ENV[@]}" VM_FILES="$VM_SONDE:/sonde $VM_TESTBIN:/testbin" VM_ENV="RUST_BACKTRACE RUST_LOG ${SONDE_VM_ENV:-}" \
             VM_QUIET=1 "$HERE/run-in-vm.sh" "$KDIR/$name/vmlinuz" "$dir" -- \
             env SONDE_BIN=/sonde "SONDE_KERNEL_LABEL=$name" /testbin --test-threads=1 "${TEST_ARGS[@]}" || rc=$?
         if [ ! -f "$dir/status" ]; then   # run-in-vm.sh refused to start
@@ -211,7 +346,7 @@ run_vm() { # NAME
     grep -q '^release=.' "$dir/status" || release=$(cat "$KDIR/$name/release")
     {
         echo "version=$(cat "$KDIR/$name/version" 2>/dev/null || true)"
-        echo "how=qemu TCG, ${SMP} vCPU, ${MEM} MiB"
+        echo "how=$VM_HOW, ${SMP} vCPU, ${MEM} MiB"
         [ -z "$release" ] || echo "release=$release"
     } >> "$dir/status"
 }
@@ -262,10 +397,12 @@ parse_output() { # LABEL DIR
     function rec(name, res,   reason) {
         reason = ""
         if (res ~ /^ignored, /) { reason = substr(res, 10); res = "ignored" }
+        # (libtest-mimic: "ignored (<reason>)")
+        if (res ~ /^ignored \(.*\)$/) { reason = substr(res, 10, length(res) - 10); res = "ignored" }
         if (!(name in result)) order[++n] = name
         result[name] = res; why[name] = reason
     }
-    function is_result(s) { return s ~ /^(ok|FAILED|ignored|ignored, .*)$/ }
+    function is_result(s) { return s ~ /^(ok|FAILED|ignored|ignored, .*|ignored \(.*\))$/ }
     {
         line = $0
         gsub(/\033\[[0-9;]*[A-Za-z]/, "", line)   # colour codes, if any
