@@ -235,6 +235,9 @@ struct DirectArray {
     entries: u32,
     cells: usize,
     cpus: usize,
+    /// Whether the kernel reads the array in one batch (per-CPU arrays
+    /// gained batch lookups after 5.10, which answers ENOTSUPP).
+    batch: bool,
 }
 
 impl KernelSink {
@@ -252,7 +255,7 @@ impl KernelSink {
             let info = map.info().ok();
             let entries = info.as_ref().map_or(0, |i| i.info.max_entries);
             let cells = info.as_ref().map_or(0, |i| i.info.value_size as usize / 8);
-            DirectArray { map, entries, cells, cpus: libbpf_rs::num_possible_cpus().unwrap_or(1) }
+            DirectArray { map, entries, cells, cpus: libbpf_rs::num_possible_cpus().unwrap_or(1), batch: true }
         });
         Ok(KernelSink {
             series,
@@ -289,7 +292,7 @@ impl KernelSink {
             add_into(merged.entry(key).or_insert_with(|| vec![0; cells.len()]), &cells);
             raw_keys.entry(key).or_default().push(raw);
         }
-        if let Some(direct) = &self.direct {
+        if let Some(direct) = &mut self.direct {
             for (event, cells) in direct.read()? {
                 let key = Key { event, ..Key::default() };
                 let since = self.since_baseline(Some(key), &cells);
@@ -356,9 +359,36 @@ impl KernelSink {
 }
 
 impl DirectArray {
-    /// Every entry with a count, as (index, cells summed over CPUs), read
-    /// with one batch lookup.
-    fn read(&self) -> Result<Vec<(u64, Vec<u64>)>, libbpf_rs::Error> {
+    /// Every entry with a count, as (index, cells summed over CPUs): in one
+    /// batch where the kernel can, else entry by entry.
+    fn read(&mut self) -> Result<Vec<(u64, Vec<u64>)>, libbpf_rs::Error> {
+        if self.batch {
+            match self.read_batch() {
+                Ok(counts) => return Ok(counts),
+                Err(err) => {
+                    tracing::debug!(error = %err, "batch lookup refused: reading the direct array entry by entry");
+                    self.batch = false;
+                }
+            }
+        }
+        self.read_each()
+    }
+
+    fn read_each(&self) -> Result<Vec<(u64, Vec<u64>)>, libbpf_rs::Error> {
+        let mut out = Vec::new();
+        for index in 0..self.entries {
+            let Some(per_cpu) = self.map.lookup_percpu(&index.to_ne_bytes(), libbpf_rs::MapFlags::ANY)? else {
+                continue;
+            };
+            let cells = sum_cells(&per_cpu);
+            if cells.iter().any(|&c| c != 0) {
+                out.push((u64::from(index), cells));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_batch(&self) -> Result<Vec<(u64, Vec<u64>)>, libbpf_rs::Error> {
         let n = self.entries as usize;
         let mut keys = vec![0u32; n];
         let mut values = vec![0u64; n * self.cpus * self.cells];

@@ -41,7 +41,8 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 SEC("tracepoint/sched/sched_process_exit")
 int handle_exit(void *ctx)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	/* (bpf_get_current_task_btf() would need 5.11; every read is CO-RE) */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct event *e;
 
 	if (!group_exit(ctx, task))

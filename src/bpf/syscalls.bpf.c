@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* syscalls: every system call with its number and latency, entry and exit
- * paired through task-local storage on the BTF raw tracepoints. */
+ * paired on the BTF raw tracepoints through a hash keyed by thread id. */
 #include "common.h"
 
 struct event {
@@ -16,14 +16,36 @@ struct entry {
 	__u32 nr;
 };
 
-/* Task-local storage: one pointer away from the task, where a hash map
- * would cost a lookup at entry and a lookup and delete at exit. */
+/* Entries by thread id. Task-local storage would be one pointer away from
+ * the task, but tracing programs only have it from 5.12, and on 7.2 it
+ * stays empty from the syscall tracepoints (the programs run, no entry is
+ * ever found): a hash works on every kernel. An entry stays while its
+ * thread lives (exit marks it idle rather than deleting it); LRU, so that
+ * the entries of threads that ended inside a system call (exit_group never
+ * returns) are reused. A thread blocked in a system call while this many
+ * others entered one can be evicted: that call is not counted. */
 struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
 	__type(value, struct entry);
 } start SEC(".maps");
+
+static const struct entry idle_entry = {};
+
+/* The current thread's entry; with `create`, made if missing. */
+static __always_inline struct entry *current_entry(bool create)
+{
+	struct entry *entry;
+	__u32 tid;
+
+	tid = (__u32)bpf_get_current_pid_tgid();
+	entry = bpf_map_lookup_elem(&start, &tid);
+	if (entry || !create)
+		return entry;
+	bpf_map_update_elem(&start, &tid, &idle_entry, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&start, &tid);
+}
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
@@ -32,7 +54,7 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 
 	if (!task_wanted())
 		return 0;
-	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	entry = current_entry(true);
 	if (!entry)
 		return 0;
 	entry->ts = bpf_ktime_get_ns();
@@ -48,10 +70,10 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	__u64 duration_ns;
 
 	/* Other processes never have an entry; with a pid filter, skip the
-	 * storage lookup for them. */
+	 * lookup for them. */
 	if (filter_tgid && !tgid_wanted())
 		return 0;
-	entry = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
+	entry = current_entry(false);
 	if (!entry || !entry->ts)
 		return 0;
 	duration_ns = bpf_ktime_get_ns() - entry->ts;

@@ -11,8 +11,10 @@
 # apt sources are never modified and nothing goes to /boot.
 #
 #   NAME         suite               package
+#   debian-5.10  bullseye            linux-image-cloud-amd64 (5.10.x)
 #   debian-6.1   bookworm            linux-image-cloud-amd64 (6.1.x)
 #   debian-6.12  bookworm-backports  linux-image-cloud-amd64 (6.12.x)
+#   debian-7.x   sid                 linux-image-cloud-amd64 (7.x, moves with sid)
 #   debian-arm64-6.1  bookworm       linux-image-cloud-arm64 (6.1.x)
 #
 # A NAME with `-arm64-` is an arm64 kernel (booted by qemu-system-aarch64); it
@@ -38,7 +40,7 @@
 #
 # debian-6.1 is resolved with the system's apt when this machine is bookworm
 # (its lists are current: `apt-get update`); otherwise, or if that fails, and
-# always for bookworm-backports, a PRIVATE apt configuration under
+# always for the other suites, a PRIVATE apt configuration under
 # DEST_DIR/.apt/<name> is used (own sources.list, Dir::State, Dir::Cache) that
 # points at the Debian mirror named in /etc/apt/sources.list(.d) (override with
 # env MIRROR=http://...). The meta package is resolved to the versioned
@@ -59,7 +61,7 @@ set -euo pipefail
 log() { printf 'fetch-kernels: %s\n' "$*" >&2; }
 die() { printf 'fetch-kernels: ERROR: %s\n' "$*" >&2; exit 1; }
 
-ALL_NAMES="debian-6.1 debian-6.12 debian-arm64-6.1"
+ALL_NAMES="debian-5.10 debian-6.1 debian-6.12 debian-7.x debian-arm64-6.1"
 if [ "${1:-}" = --list ]; then echo "$ALL_NAMES"; exit 0; fi
 # The Debian architecture of a kernel name: arm64 names carry it.
 arch_of() { case "$1" in *-arm64-*) echo arm64 ;; *) echo amd64 ;; esac; }
@@ -85,8 +87,10 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # Per-name spec: suite and meta package.
 spec() {
     case "$1" in
+        debian-5.10) echo "bullseye linux-image-cloud-amd64" ;;
         debian-6.1) echo "bookworm linux-image-cloud-amd64" ;;
         debian-6.12) echo "bookworm-backports linux-image-cloud-amd64" ;;
+        debian-7.x) echo "sid linux-image-cloud-amd64" ;;
         debian-arm64-6.1) echo "bookworm linux-image-cloud-arm64" ;;
         *) die "unknown kernel name '$1' (known: $ALL_NAMES)" ;;
     esac
@@ -161,6 +165,14 @@ private_apt() { # DIR SUITE [ARCH]
 resolve() { # META
     apt-cache "${APT_OPTS[@]}" depends "$1" 2>/dev/null |
         sed -n -E 's/^ *\|?Depends: (linux-image-[^ ]*).*$/\1/p' | head -1
+}
+
+# The packages that carry PKG's files when PKG is only a shell around them:
+# from 7.x on, linux-image-<release> depends on linux-binary-<release> (the
+# kernel image) and linux-base-<release> (its config).
+parts() { # PKG
+    apt-cache "${APT_OPTS[@]}" depends "$1" 2>/dev/null |
+        sed -n -E 's/^ *\|?Depends: (linux-(binary|base)-[^ ]*).*$/\1/p' | sort -u
 }
 
 # Download PKG into DIR with the current APT_OPTS; prints the .deb path.
@@ -251,6 +263,25 @@ fi
 
 for name in $NAMES; do spec "$name" >/dev/null; done
 
+# Several kernels: each is fetched by its own run of this script, so that one
+# that cannot be had (suite gone from the mirror, package renamed) does not
+# keep the others from being fetched. Its error is left in DEST/<name>.error
+# for the suite's report; the exit code says that some kernel failed.
+if [ "$(wc -w <<<"$NAMES")" -gt 1 ]; then
+    failed=""
+    for name in $NAMES; do
+        rm -f "$DEST/$name.error"
+        if ! "$0" "$DEST" "$name" 2>&1 | tee "$DEST/$name.log" >&2; then   # (pipefail)
+            failed="$failed $name"
+            sed -n 's/^fetch-kernels: ERROR: //p' "$DEST/$name.log" | tail -1 > "$DEST/$name.error"
+            [ -s "$DEST/$name.error" ] || echo "$name: fetch-kernels.sh failed" > "$DEST/$name.error"
+        fi
+        rm -f "$DEST/$name.log"
+    done
+    [ -z "$failed" ] || die "could not fetch:$failed"
+    exit 0
+fi
+
 for name in $NAMES; do
     read -r suite meta <<<"$(spec "$name")"
     arch=$(arch_of "$name")
@@ -291,16 +322,30 @@ for name in $NAMES; do
         log "$name: $meta -> $pkg"
         deb=$(download "$pkg" "$debdir") || die "$name: apt-get download $pkg failed"
     fi
+    debs=("$deb")
+    for part in $(parts "$pkg"); do
+        log "$name: $pkg's files are in $part"
+        debs+=("$(download "$part" "$debdir")") || die "$name: apt-get download $part failed"
+    done
     dl_secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
-    log "$name: downloaded $(basename "$deb") ($(du -m "$deb" | cut -f1) MB) in ${dl_secs}s"
+    log "$name: downloaded $(cd "$debdir" && du -cm "${debs[@]##*/}" | tail -1 | cut -f1) MB in ${dl_secs}s: ${debs[*]##*/}"
 
     # 3. unpack just the kernel and its config.
     x=$(mktemp -d "$DEST/.x.XXXXXX")
-    dpkg -x "$deb" "$x"
-    vmlinuz=$(find "$x/boot" -maxdepth 1 -name 'vmlinuz-*' | head -1)
-    config=$(find "$x/boot" -maxdepth 1 -name 'config-*' | head -1)
-    if [ -z "$vmlinuz" ] || [ -z "$config" ]; then die "$name: $deb has no boot/vmlinuz-* or boot/config-*"; fi
-    release=${vmlinuz##*/vmlinuz-}
+    for d in "${debs[@]}"; do dpkg -x "$d" "$x"; done
+    # boot/{vmlinuz,config}-<release> up to 6.x; usr/lib/modules/<release>/
+    # {vmlinuz,config} from 7.x on
+    vmlinuz=$(find "$x/boot" "$x/usr/lib/modules" -maxdepth 2 \( -path "$x/boot/vmlinuz-*" -o \
+        -path "$x/usr/lib/modules/*/vmlinuz" \) 2>/dev/null | head -1 || true)
+    case "$vmlinuz" in
+        */boot/vmlinuz-*) release=${vmlinuz##*/vmlinuz-}; config=$x/boot/config-$release ;;
+        */vmlinuz) release=$(basename "$(dirname "$vmlinuz")"); config=$(dirname "$vmlinuz")/config ;;
+        *) release="" config="" ;;
+    esac
+    if [ -z "$vmlinuz" ] || [ ! -f "$config" ]; then
+        rm -rf "$x"
+        die "$name: ${debs[*]##*/} have no boot/{vmlinuz,config}-* or usr/lib/modules/*/{vmlinuz,config}"
+    fi
     check_config "$name" "$config"
     rm -rf "$out.new"
     mkdir -p "$out.new"
@@ -315,10 +360,13 @@ for name in $NAMES; do
     [ "$arch" = "$HOST_ARCH" ] || fetch_busybox "$arch" "$out.new"
     rm -rf "$x" "$out"
     mv "$out.new" "$out"
-    [ -n "${KEEP_DEBS:-}" ] || rm -f "$deb"
+    [ -n "${KEEP_DEBS:-}" ] || rm -f "${debs[@]}"
+    # (a NAME ending in .x, like debian-7.x, follows its suite's major version)
+    series=${name##*-}
+    series=${series%.x}
     case "$release" in
-        "${name##*-}".*) ;;
-        *) log "WARNING: $name: release $release is not a ${name##*-}.x kernel (the suite moved on?)" ;;
+        "$series".*) ;;
+        *) log "WARNING: $name: release $release is not a $series.x kernel (the suite moved on?)" ;;
     esac
     log "$name: ready: $out (release $release, version $(cat "$out/version"))"
 done

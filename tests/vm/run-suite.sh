@@ -1,16 +1,17 @@
 #!/bin/bash
-# run-suite.sh [--kernels "debian-6.1 debian-6.12"] [--no-host] [--no-build]
-#              [--no-docs] [--out DIR] [--kernels-dir DIR] [-- TEST_ARGS...]
+# run-suite.sh [--kernels "debian-5.10 debian-6.1 debian-6.12 debian-7.x"]
+#              [--no-host] [--no-build] [--no-docs] [--out DIR]
+#              [--kernels-dir DIR] [-- TEST_ARGS...]
 #
 # Runs sonde's root test suite (`cargo test --test root`) on Debian's
 # kprobe-capable kernels under qemu (TCG) and on this machine's own kernel,
 # prints a test x kernel table and writes it as markdown to docs/kernels.md.
 # See tests/vm/README.md for the contract with the test binary.
 #
-#   --kernels LIST    kernels to boot (default "debian-6.1 debian-6.12
-#                     debian-arm64-6.1"; names as in fetch-kernels.sh; "" for
-#                     none). An arm64 kernel runs aarch64 builds of both
-#                     binaries under qemu-system-aarch64.
+#   --kernels LIST    kernels to boot (default "debian-5.10 debian-6.1
+#                     debian-6.12 debian-7.x debian-arm64-6.1"; names as in
+#                     fetch-kernels.sh; "" for none). An arm64 kernel runs
+#                     aarch64 builds of both binaries under qemu-system-aarch64.
 #   --no-host         do not run the suite natively on the host kernel
 #   --no-build        do not build; use SONDE_VM_BIN/SONDE_VM_TESTBIN or the
 #                     binaries recorded by the last build (target/vm/vm-binaries)
@@ -53,7 +54,7 @@ log() { printf 'run-suite: %s\n' "$*" >&2; }
 die() { printf 'run-suite: ERROR: %s\n' "$*" >&2; exit "${2:-2}"; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
-KERNELS="debian-6.1 debian-6.12 debian-arm64-6.1"
+KERNELS="debian-5.10 debian-6.1 debian-6.12 debian-7.x debian-arm64-6.1"
 HOST=1 BUILD=1 DOCS=1
 OUT=$REPO/target/vm/results
 KDIR=$REPO/target/vm/kernels
@@ -306,8 +307,9 @@ run_vm() { # NAME
     rm -rf "$dir" "$dir".infra-*
     mkdir -p "$dir"
     if [ ! -s "$KDIR/$name/vmlinuz" ]; then
-        printf 'result=infra\nexit=125\nreason=kernel image %s not available%s\n' \
-            "$KDIR/$name/vmlinuz" "${FETCH_FAILED:+ (fetch-kernels.sh failed)}" > "$dir/status"
+        local why="${FETCH_FAILED:+ (fetch-kernels.sh failed)}"
+        [ ! -s "$KDIR/$name.error" ] || why=" ($(head -1 "$KDIR/$name.error"))"
+        printf 'result=infra\nexit=125\nreason=kernel image %s not available%s\n' "$KDIR/$name/vmlinuz" "$why" > "$dir/status"
         : > "$dir/output.txt"
         return
     fi
@@ -396,9 +398,9 @@ parse_output() { # LABEL DIR
     awk -v label="$1" -v results="$OUT/results.tsv" -v matrix="$OUT/matrix.tsv" -v resfile="$2/result-line" '
     function rec(name, res,   reason) {
         reason = ""
+        # libtest: "ignored, <reason>"; libtest-mimic: "ignored (<reason>)"
         if (res ~ /^ignored, /) { reason = substr(res, 10); res = "ignored" }
-        # (libtest-mimic: "ignored (<reason>)")
-        if (res ~ /^ignored \(.*\)$/) { reason = substr(res, 10, length(res) - 10); res = "ignored" }
+        else if (res ~ /^ignored \(.*\)$/) { reason = substr(res, 10, length(res) - 10); res = "ignored" }
         if (!(name in result)) order[++n] = name
         result[name] = res; why[name] = reason
     }
