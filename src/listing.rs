@@ -31,6 +31,15 @@ pub struct ProbeListing {
     pub labels: Vec<LabelListing>,
     /// The programs of the hook in use, as loaded.
     pub programs: Vec<ProgramListing>,
+    /// Kernel functions the hook in use could not hook here, whose
+    /// (optional) programs were left out.
+    pub absent: Vec<AbsentListing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AbsentListing {
+    pub function: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,6 +139,7 @@ fn probe_listing(
             .map(|l| LabelListing { name: l.name.clone(), default: spec.default_labels.contains(&l.name) })
             .collect(),
         programs: Vec::new(),
+        absent: Vec::new(),
     };
     if let Some(ctx) = ctx {
         let (failed, loaded) = match agent::load_one(registry, &ProbeSettings::defaults(spec.clone()), ctx) {
@@ -157,6 +167,11 @@ fn probe_listing(
                     Ok(facts) => ProgramListing { name: p.name.clone(), facts: Some(facts), error: None },
                     Err(err) => ProgramListing { name: p.name.clone(), facts: None, error: Some(err.to_string()) },
                 })
+                .collect();
+            listing.absent = loaded
+                .absent
+                .iter()
+                .map(|a| AbsentListing { function: a.function.clone(), reason: a.reason.clone() })
                 .collect();
         }
     }
@@ -204,6 +219,9 @@ fn render_probe(out: &mut String, probe: &ProbeListing) {
     for program in &probe.programs {
         let _ = writeln!(out, "  program  {}: {}", program.name, describe_program(program));
     }
+    for absent in &probe.absent {
+        let _ = writeln!(out, "  absent   {}: not hooked ({})", absent.function, absent.reason);
+    }
 }
 
 fn describe_program(program: &ProgramListing) -> String {
@@ -245,6 +263,7 @@ mod tests {
                 LabelListing { name: "pid".into(), default: false },
             ],
             programs: Vec::new(),
+            absent: Vec::new(),
         }
     }
 
@@ -295,6 +314,19 @@ demo: A demo probe.
 
 ";
         assert_eq!(render(demo), want);
+    }
+
+    #[test]
+    fn absent_kernel_functions_are_listed_after_the_programs() {
+        let mut demo = probe(Support::Supported, Some("fentry"), vec![hook("fentry", HookStatus::Used, None)]);
+        demo.programs =
+            vec![ProgramListing { name: "p".into(), facts: None, error: Some("Bad file descriptor".into()) }];
+        demo.absent = vec![AbsentListing { function: "xfs_file_open".into(), reason: "not in /proc/kallsyms".into() }];
+        let text = render(demo);
+        assert!(
+            text.ends_with("  program  p: the kernel would not describe it (Bad file descriptor)\n  absent   xfs_file_open: not hooked (not in /proc/kallsyms)\n\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub fn load_one(registry: &probes::Registry, settings: &ProbeSettings, ctx: &Loa
             for (kind, why) in loader::explain_attempts(&settings.spec, &loaded.skipped) {
                 tracing::info!(probe = name, hook = kind.name(), reason = why, "hook skipped");
             }
+            for absent in &loaded.absent {
+                let (function, reason) = (&absent.function, &absent.reason);
+                tracing::info!(probe = name, function, reason, "kernel function absent: its programs were not loaded");
+            }
             tracing::info!(probe = name, hook = loaded.hook.name(), "probe attached");
             Outcome::Attached(Box::new(loaded))
         }

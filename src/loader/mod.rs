@@ -6,6 +6,8 @@
 pub mod verifier_log;
 pub mod why_skipped;
 
+use why_skipped::AbsentFunction;
+
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -15,7 +17,7 @@ use libbpf_rs::{Link, MapCore, MapHandle, OpenObject};
 use crate::bpf_stats::{self, ProgramFacts};
 use crate::config::{RingBufferConfig, RingSize, MAX_COMM_FILTERS};
 use crate::metrics::Layout;
-use crate::spec::{Filter, HookChoice, HookKind, HookSpec, LabelSource, ProbeSettings, ProbeSpec};
+use crate::spec::{Filter, HookChoice, HookKind, HookSpec, LabelSource, ProbeSettings, ProbeSpec, ProgramSpec};
 
 /// What every load needs besides the probe's own config.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +73,9 @@ pub struct Loaded {
     pub programs: Vec<LoadedProgram>,
     /// The hooks tried before this one, each with its error.
     pub skipped: Vec<(HookKind, LoadError)>,
+    /// Kernel functions of optional programs that this kernel lacks: those
+    /// programs were left out and the rest attached.
+    pub absent: Vec<AbsentFunction>,
 }
 
 pub struct LoadedProgram {
@@ -98,6 +103,8 @@ pub enum LoadError {
         detail: String,
         verifier_log: String,
     },
+    #[error("none of its kernel functions exists here ({0})")]
+    NoFunction(String),
     #[error("attaching {program} to {kind} {target} failed: {source}{}", detail_suffix(.detail))]
     Attach {
         program: String,
@@ -142,7 +149,7 @@ impl LoadError {
         match self {
             LoadError::Open(_) | LoadError::Missing(_) => "open",
             LoadError::Load { .. } => "load",
-            LoadError::Attach { .. } => "attach",
+            LoadError::Attach { .. } | LoadError::NoFunction(_) => "attach",
         }
     }
 
@@ -347,8 +354,9 @@ pub struct AggregateTable {
 }
 
 /// Opens the skeleton, lets the probe set its `.rodata`, sizes the ring
-/// and the aggregation table, keeps only `hook`'s programs, loads, and
-/// attaches each program.
+/// and the aggregation table, keeps only `hook`'s programs (less the
+/// optional ones whose kernel function is absent), loads, and attaches
+/// each program.
 pub fn load_skeleton<'obj, B, F>(
     builder: B,
     storage: &'obj mut MaybeUninit<OpenObject>,
@@ -387,8 +395,14 @@ where
     if !sized {
         return Err(LoadError::Missing("events ring buffer".into()));
     }
+    let absent = why_skipped::absent_functions(hook);
+    let attaching: Vec<&ProgramSpec> = hook.programs.iter().filter(|p| !absent.iter().any(|a| a.covers(p))).collect();
+    if attaching.is_empty() {
+        let names: Vec<&str> = absent.iter().map(|a| a.function.as_str()).collect();
+        return Err(LoadError::NoFunction(names.join(", ")));
+    }
     for mut prog in object.progs_mut() {
-        let wanted = hook.programs.iter().any(|p| prog.name() == p.program.as_str());
+        let wanted = attaching.iter().any(|p| prog.name() == p.program.as_str());
         prog.set_autoload(wanted);
     }
 
@@ -401,7 +415,7 @@ where
 
     let mut links = Vec::new();
     let mut programs = Vec::new();
-    for spec in &hook.programs {
+    for spec in attaching {
         let name = spec.program.as_str();
         let prog = object.progs_mut().find(|p| p.name() == name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
         let link = verifier_log::capture(|| prog.attach()).map_err(|(source, log)| {
@@ -437,7 +451,7 @@ where
         Some(table) if table.direct_keys > 0 => Some(handle("agg_direct")?),
         _ => None,
     };
-    Ok(Loaded { hook: hook.kind, links, events, lost, aggregates, direct, programs, skipped: Vec::new() })
+    Ok(Loaded { hook: hook.kind, links, events, lost, aggregates, direct, programs, skipped: Vec::new(), absent })
 }
 
 /// The key a full aggregation table counts into: created here, before any

@@ -7,6 +7,7 @@
 mod exec;
 mod exit;
 mod file_open;
+mod fs_latency;
 mod oom;
 mod process;
 mod signals;
@@ -32,6 +33,7 @@ const BUILTINS: &[Builtin] = &[
     exec::PROBE,
     exit::PROBE,
     file_open::PROBE,
+    fs_latency::PROBE,
     oom::PROBE,
     process::PROBE,
     signals::PROBE,

@@ -35,6 +35,9 @@ impl HookKind {
 pub struct ProgramSpec {
     pub program: String,
     pub target: String,
+    /// Loaded only where its kernel function exists (say, a filesystem's,
+    /// whose module may not be loaded); the hook works without it.
+    pub optional: bool,
 }
 
 /// One way of hooking a probe in: the programs to load for it.
@@ -79,10 +82,19 @@ impl HookSpec {
 
     /// `programs`: (BPF program name, hook point) pairs.
     pub fn new(kind: HookKind, programs: &[(&str, &str)]) -> Self {
-        let programs =
-            programs.iter().map(|(p, t)| ProgramSpec { program: p.to_string(), target: t.to_string() }).collect();
-        HookSpec { kind, programs }
+        HookSpec { kind, programs: program_specs(programs, false) }
     }
+
+    /// Adds programs that are loaded only where their kernel function
+    /// exists: the hook attaches what exists and reports the rest absent.
+    pub fn optional(mut self, programs: &[(&str, &str)]) -> Self {
+        self.programs.extend(program_specs(programs, true));
+        self
+    }
+}
+
+fn program_specs(programs: &[(&str, &str)], optional: bool) -> Vec<ProgramSpec> {
+    programs.iter().map(|(p, t)| ProgramSpec { program: p.to_string(), target: t.to_string(), optional }).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,6 +32,7 @@ fn expected_hooks() -> Vec<(&'static str, Option<&'static str>)> {
         ("exec", Some("tracepoint")),
         ("exit", Some("tracepoint")),
         ("file_open", best_function_hook.or(Some("tracepoint"))),
+        ("fs_latency", best_function_hook),
         ("oom", Some("tp_btf")),
         ("process", Some("tp_btf")),
         ("signals", Some("tracepoint")),
@@ -55,8 +56,16 @@ fn block<'a>(stdout: &'a str, probe: &str) -> Vec<&'a str> {
     stdout.lines().skip_while(|l| !l.starts_with(&header)).skip(1).take_while(|l| l.starts_with(' ')).collect()
 }
 
-const LINE_KINDS: &[&str] =
-    &["  hook     ", "           cost: ", "  metric   ", "  labels   ", "  kernel   ", "  skipped  ", "  program  "];
+const LINE_KINDS: &[&str] = &[
+    "  hook     ",
+    "           cost: ",
+    "  metric   ",
+    "  labels   ",
+    "  kernel   ",
+    "  skipped  ",
+    "  program  ",
+    "  absent   ",
+];
 
 fn probes_text() -> Result<(), Failed> {
     let out = sonde(&["probes"]);

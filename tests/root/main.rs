@@ -15,6 +15,7 @@
 mod agent;
 mod catalog;
 mod foundation;
+mod fs_latency;
 mod http;
 mod kernel;
 mod lifecycle;
@@ -41,6 +42,7 @@ fn main() {
     trials.extend(probes::trials());
     trials.extend(catalog::trials());
     trials.extend(tcp::trials());
+    trials.extend(fs_latency::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());

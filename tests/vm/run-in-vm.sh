@@ -43,6 +43,10 @@
 #   VM_MODULES=DIR     kernel modules (*.ko) loaded by /init, in name order,
 #                      before anything else (fetch-kernels.sh's
 #                      DEST/<name>/modules for arm64)
+#   VM_EXT4_MB=N       attach an empty ext4 filesystem of N MiB (made with
+#                      the host's mkfs.ext4, as an NVMe disk: the cloud
+#                      kernels build NVMe and ext4 in) mounted at /mnt/ext4;
+#                      unset: no disk
 #   KEEP=1             keep the initramfs work dir (path printed)
 #   VM_QUIET=1         do not copy CMD's output to stdout
 #
@@ -143,6 +147,17 @@ for spec in ${VM_FILES:-}; do
     add_file "${spec%%:*}" "${spec#*:}"
 done
 
+# An ext4 disk for tests of filesystem probes; /init mounts it when the
+# marker file is there.
+DISK_ARGS=()
+if [ -n "${VM_EXT4_MB:-}" ]; then
+    command -v mkfs.ext4 >/dev/null || die "VM_EXT4_MB: no mkfs.ext4 (apt-get install e2fsprogs)"
+    truncate -s "${VM_EXT4_MB}M" "$WORK/ext4.img"
+    mkfs.ext4 -q -F "$WORK/ext4.img" || die "VM_EXT4_MB: mkfs.ext4 failed"
+    DISK_ARGS=(-drive "file=$WORK/ext4.img,if=none,id=ext4,format=raw" -device "nvme,drive=ext4,serial=sonde-ext4")
+    touch "$ROOT/etc/vm-ext4"
+fi
+
 # CMD for busybox env, one word per line: NAME=VALUE lines, then CMD and args.
 : > "$ROOT/etc/vm-cmd"
 for n in ${VM_ENV:-}; do
@@ -183,6 +198,12 @@ while [ ! -c "$OUTPUT_TTY" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); do
 # OUTPUT_TTY carries CMD's output and our markers only; the kernel console is
 # elsewhere (ttyS1 and ttyS0 on x86_64, hvc0 and ttyAMA0 on aarch64).
 exec 3>"$OUTPUT_TTY"
+if [ -e /etc/vm-ext4 ]; then
+    mkdir -p /mnt/ext4
+    # the NVMe namespace appears asynchronously after boot
+    for _ in $(seq 100); do [ -b /dev/nvme0n1 ] && break; sleep 0.1; done
+    mount -t ext4 /dev/nvme0n1 /mnt/ext4 || echo "run-in-vm: the ext4 disk did not mount" >&3
+fi
 echo "@@VM_INIT uptime=$(cut -d' ' -f1 /proc/uptime) release=$(uname -r)" >&3
 set --
 while IFS= read -r a; do set -- "$@" "$a"; done < /etc/vm-cmd
@@ -206,7 +227,7 @@ output_device "$WORK/output.raw"
 timeout --foreground -k 10 "$TIMEOUT" "$QEMU" \
     "${MACHINE[@]}" -accel "tcg,thread=${TCG_THREAD:-multi},tb-size=256" -cpu "$CPU" -m "$MEM" -smp "$SMP" \
     -nographic -nodefaults -no-reboot -no-user-config \
-    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
+    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" "${DISK_ARGS[@]}" \
     -serial "file:$WORK/console.raw" "${OUTPUT_OPTS[@]}" \
     -append "console=$CONSOLE_TTY rdinit=/init panic=-1 softlockup_panic=1 quiet loglevel=5 mitigations=off $APPEND" \
     > "$OUTDIR/qemu.log" 2>&1 || QRC=$?

@@ -86,6 +86,8 @@ for k in $KERNELS; do
 done
 MD=${SONDE_KERNELS_MD:-$REPO/docs/kernels.md}
 export MEM=${MEM:-1024} SMP=${SMP:-2} TIMEOUT=${TIMEOUT:-600}
+# an ext4 disk for fs_latency's tests (run-in-vm.sh)
+export VM_EXT4_MB=${VM_EXT4_MB:-64}
 RETRIES=${SONDE_VM_RETRIES:-1}
 SUITE_START=$(date +%s)
 
