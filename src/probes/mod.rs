@@ -4,10 +4,13 @@
 //! series) does the rest. The module is the only code that knows its
 //! skeleton.
 
+mod block_io;
+mod disk_names;
 mod exec;
 mod exit;
 mod file_open;
 mod oom;
+mod page_faults;
 mod process;
 mod signals;
 pub mod syscalls;
@@ -29,10 +32,12 @@ pub struct Builtin {
 }
 
 const BUILTINS: &[Builtin] = &[
+    block_io::PROBE,
     exec::PROBE,
     exit::PROBE,
     file_open::PROBE,
     oom::PROBE,
+    page_faults::PROBE,
     process::PROBE,
     signals::PROBE,
     syscalls::PROBE,

@@ -22,6 +22,7 @@ mod listing;
 mod pki;
 mod privileges;
 mod probes;
+mod storage;
 mod tcp;
 mod web;
 mod workload;
@@ -41,6 +42,7 @@ fn main() {
     trials.extend(probes::trials());
     trials.extend(catalog::trials());
     trials.extend(tcp::trials());
+    trials.extend(storage::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());

@@ -23,6 +23,9 @@
 #   SMP=2              vCPUs (multi-threaded TCG: one host thread per vCPU)
 #   TIMEOUT=600        seconds before qemu is killed (= infrastructure failure)
 #   APPEND=""          extra kernel command line
+#   SCRATCH_MB=64      an empty sparse disk of this size, attached as an NVMe
+#                      drive with serial sonde-scratch (the storage tests write it
+#                      raw: the guest has no other block device); 0 for none
 #   CPU=max,cx16=off   qemu -cpu model. cx16 is off because qemu 7.2 TCG
 #                      corrupts guest state on `cmpxchg16b %gs:` (used by
 #                      6.12's SLUB fast path; 6.1 does not use it): the 6.12
@@ -152,12 +155,18 @@ chmod 755 "$ROOT/init"
 rm -f "$OUTDIR/output.txt" "$OUTDIR/console.log" "$OUTDIR/qemu.log" "$OUTDIR/status"
 : > "$WORK/console.raw"
 : > "$WORK/output.raw"
+SCRATCH=()
+if [ "${SCRATCH_MB:-64}" != 0 ]; then
+    truncate -s "${SCRATCH_MB:-64}M" "$WORK/scratch.img"
+    SCRATCH=(-drive "file=$WORK/scratch.img,if=none,id=scratch,format=raw"
+        -device "nvme,drive=scratch,serial=sonde-scratch")
+fi
 START=$(date +%s.%N)
 QRC=0
 timeout --foreground -k 10 "$TIMEOUT" "$QEMU" \
     -accel "tcg,thread=${TCG_THREAD:-multi},tb-size=256" -cpu "$CPU" -m "$MEM" -smp "$SMP" \
     -nographic -nodefaults -no-reboot -no-user-config \
-    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
+    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" "${SCRATCH[@]}" \
     -serial "file:$WORK/console.raw" -serial "file:$WORK/output.raw" \
     -append "console=ttyS0 rdinit=/init panic=-1 softlockup_panic=1 quiet loglevel=5 mitigations=off $APPEND" \
     > "$OUTDIR/qemu.log" 2>&1 || QRC=$?
