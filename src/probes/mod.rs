@@ -4,11 +4,14 @@
 //! series) does the rest. The module is the only code that knows its
 //! skeleton.
 
+mod block_io;
+mod disk_names;
 mod exec;
 mod exit;
 mod file_open;
 mod fs_latency;
 mod oom;
+mod page_faults;
 mod process;
 mod signals;
 pub mod syscalls;
@@ -30,11 +33,13 @@ pub struct Builtin {
 }
 
 const BUILTINS: &[Builtin] = &[
+    block_io::PROBE,
     exec::PROBE,
     exit::PROBE,
     file_open::PROBE,
     fs_latency::PROBE,
     oom::PROBE,
+    page_faults::PROBE,
     process::PROBE,
     signals::PROBE,
     syscalls::PROBE,

@@ -93,6 +93,14 @@ const PROGRAM_NAMES: &[&str] = &[
     "xfs_fsync_fx",
     "xfs_fsync_kp",
     "xfs_fsync_kr",
+    "handle_rq_issue",
+    "handle_rq_complete",
+    "tp_rq_issue",
+    "tp_rq_complete",
+    "fexit_mm_fault",
+    "kprobe_mm_fault",
+    "kretprobe_mm_fault",
+    "tp_page_fault_user",
 ];
 
 /// Waits (up to 2 s: the kernel frees programs after the last reference

@@ -29,11 +29,13 @@ fn expected_hooks() -> Vec<(&'static str, Option<&'static str>)> {
         None
     };
     vec![
+        ("block_io", Some("tp_btf")),
         ("exec", Some("tracepoint")),
         ("exit", Some("tracepoint")),
         ("file_open", best_function_hook.or(Some("tracepoint"))),
         ("fs_latency", best_function_hook),
         ("oom", Some("tp_btf")),
+        ("page_faults", best_function_hook.or(cfg!(target_arch = "x86_64").then_some("tracepoint"))),
         ("process", Some("tp_btf")),
         ("signals", Some("tracepoint")),
         ("syscalls", Some("tp_btf")),

@@ -23,6 +23,7 @@ mod listing;
 mod pki;
 mod privileges;
 mod probes;
+mod storage;
 mod tcp;
 mod web;
 mod workload;
@@ -43,6 +44,7 @@ fn main() {
     trials.extend(catalog::trials());
     trials.extend(tcp::trials());
     trials.extend(fs_latency::trials());
+    trials.extend(storage::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());

@@ -29,6 +29,9 @@
 #                      consoles. aarch64: `-M virt`, kernel console ttyAMA0
 #                      (the machine's only UART), CMD's output on a virtio
 #                      console (hvc0), whose modules VM_MODULES must name.
+#   SCRATCH_MB=64      an empty sparse disk of this size, attached as an NVMe
+#                      drive with serial sonde-scratch (the storage tests write it
+#                      raw: the guest has no other block device); 0 for none
 #   CPU=max,cx16=off   qemu -cpu model. cx16 is off because qemu 7.2 TCG
 #   (x86_64)           corrupts guest state on `cmpxchg16b %gs:` (used by
 #                      6.12's SLUB fast path; 6.1 does not use it): the 6.12
@@ -200,9 +203,17 @@ while [ ! -c "$OUTPUT_TTY" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); do
 exec 3>"$OUTPUT_TTY"
 if [ -e /etc/vm-ext4 ]; then
     mkdir -p /mnt/ext4
-    # the NVMe namespace appears asynchronously after boot
-    for _ in $(seq 100); do [ -b /dev/nvme0n1 ] && break; sleep 0.1; done
-    mount -t ext4 /dev/nvme0n1 /mnt/ext4 || echo "run-in-vm: the ext4 disk did not mount" >&3
+    # NVMe namespaces appear asynchronously after boot, and with the scratch
+    # disk beside it the order of their names is not fixed: find it by serial
+    ext4_dev=""
+    for _ in $(seq 100); do
+        for b in /sys/block/nvme*; do
+            [ "$(cat "$b/device/serial" 2>/dev/null | tr -d ' ')" = sonde-ext4 ] && ext4_dev=/dev/${b##*/}
+        done
+        [ -n "$ext4_dev" ] && [ -b "$ext4_dev" ] && break
+        sleep 0.1
+    done
+    mount -t ext4 "$ext4_dev" /mnt/ext4 || echo "run-in-vm: the ext4 disk did not mount" >&3
 fi
 echo "@@VM_INIT uptime=$(cut -d' ' -f1 /proc/uptime) release=$(uname -r)" >&3
 set --
@@ -221,13 +232,19 @@ chmod 755 "$ROOT/init"
 rm -f "$OUTDIR/output.txt" "$OUTDIR/console.log" "$OUTDIR/qemu.log" "$OUTDIR/status"
 : > "$WORK/console.raw"
 : > "$WORK/output.raw"
+SCRATCH=()
+if [ "${SCRATCH_MB:-64}" != 0 ]; then
+    truncate -s "${SCRATCH_MB:-64}M" "$WORK/scratch.img"
+    SCRATCH=(-drive "file=$WORK/scratch.img,if=none,id=scratch,format=raw"
+        -device "nvme,drive=scratch,serial=sonde-scratch")
+fi
 START=$(date +%s.%N)
 QRC=0
 output_device "$WORK/output.raw"
 timeout --foreground -k 10 "$TIMEOUT" "$QEMU" \
     "${MACHINE[@]}" -accel "tcg,thread=${TCG_THREAD:-multi},tb-size=256" -cpu "$CPU" -m "$MEM" -smp "$SMP" \
     -nographic -nodefaults -no-reboot -no-user-config \
-    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" "${DISK_ARGS[@]}" \
+    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" "${DISK_ARGS[@]}" "${SCRATCH[@]}" \
     -serial "file:$WORK/console.raw" "${OUTPUT_OPTS[@]}" \
     -append "console=$CONSOLE_TTY rdinit=/init panic=-1 softlockup_panic=1 quiet loglevel=5 mitigations=off $APPEND" \
     > "$OUTDIR/qemu.log" 2>&1 || QRC=$?
