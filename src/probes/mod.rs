@@ -7,9 +7,12 @@
 mod exec;
 mod exit;
 mod file_open;
+mod kernel_btf;
 mod oom;
+mod page_cache;
 mod process;
 mod signals;
+mod skb_drop;
 pub mod syscalls;
 mod tcp;
 mod vfs_io;
@@ -33,8 +36,10 @@ const BUILTINS: &[Builtin] = &[
     exit::PROBE,
     file_open::PROBE,
     oom::PROBE,
+    page_cache::PROBE,
     process::PROBE,
     signals::PROBE,
+    skb_drop::PROBE,
     syscalls::PROBE,
     tcp::PROBE,
     vfs_io::PROBE,

@@ -51,6 +51,15 @@ const PROGRAM_NAMES: &[&str] = &[
     "handle_retransmit_synack",
     "handle_send_reset",
     "handle_receive_reset",
+    "skb_drop_btf",
+    "skb_drop_tp",
+    "pc_fentry_folio",
+    "pc_fentry_page",
+    "pc_kprobe_folio",
+    "pc_kprobe_page",
+    "pc_added",
+    "pc_dirty_folio",
+    "pc_dirty_page",
 ];
 
 /// Waits (up to 2 s: the kernel frees programs after the last reference

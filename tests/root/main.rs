@@ -19,6 +19,7 @@ mod http;
 mod kernel;
 mod lifecycle;
 mod listing;
+mod memnet;
 mod pki;
 mod privileges;
 mod probes;
@@ -41,6 +42,7 @@ fn main() {
     trials.extend(probes::trials());
     trials.extend(catalog::trials());
     trials.extend(tcp::trials());
+    trials.extend(memnet::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());
