@@ -137,16 +137,20 @@ fn fentry_missing(hook: &HookSpec) -> Option<String> {
 fn functions_missing(hook: &HookSpec) -> Option<String> {
     // Unreadable: say nothing rather than guess.
     let kallsyms = std::fs::read_to_string(KALLSYMS).ok()?;
-    hook.programs.iter().filter(|p| !p.optional).map(|p| hook_point(&p.target)).find_map(|function| {
-        match symbol_in(&kallsyms, function) {
-            Symbol::Present => None,
-            Symbol::Renamed(variant) => Some(format!(
-                "kernel function {function} is renamed here ({variant} in {KALLSYMS}): the compiler specialised it"
-            )),
-            Symbol::Missing => {
-                Some(format!("kernel function {function} is missing from {KALLSYMS} (inlined or removed)"))
-            }
-        }
+    // a hook set may carry tracepoints (`category/name`) beside functions;
+    // optional programs may be absent without the hook being skipped
+    let mut functions = hook
+        .programs
+        .iter()
+        .filter(|p| !p.optional)
+        .map(|p| hook_point(&p.target))
+        .filter(|point| !point.contains('/'));
+    functions.find_map(|function| match symbol_in(&kallsyms, function) {
+        Symbol::Present => None,
+        Symbol::Renamed(variant) => Some(format!(
+            "kernel function {function} is renamed here ({variant} in {KALLSYMS}): the compiler specialised it"
+        )),
+        Symbol::Missing => Some(format!("kernel function {function} is missing from {KALLSYMS} (inlined or removed)")),
     })
 }
 

@@ -10,10 +10,13 @@ mod exec;
 mod exit;
 mod file_open;
 mod fs_latency;
+mod kernel_btf;
 mod oom;
+mod page_cache;
 mod page_faults;
 mod process;
 mod signals;
+mod skb_drop;
 pub mod syscalls;
 mod tcp;
 mod vfs_io;
@@ -39,9 +42,11 @@ const BUILTINS: &[Builtin] = &[
     file_open::PROBE,
     fs_latency::PROBE,
     oom::PROBE,
+    page_cache::PROBE,
     page_faults::PROBE,
     process::PROBE,
     signals::PROBE,
+    skb_drop::PROBE,
     syscalls::PROBE,
     tcp::PROBE,
     vfs_io::PROBE,

@@ -101,6 +101,15 @@ const PROGRAM_NAMES: &[&str] = &[
     "kprobe_mm_fault",
     "kretprobe_mm_fault",
     "tp_page_fault_user",
+    "skb_drop_btf",
+    "skb_drop_tp",
+    "pc_fentry_folio",
+    "pc_fentry_page",
+    "pc_kprobe_folio",
+    "pc_kprobe_page",
+    "pc_added",
+    "pc_dirty_folio",
+    "pc_dirty_page",
 ];
 
 /// Waits (up to 2 s: the kernel frees programs after the last reference

@@ -20,6 +20,7 @@ mod http;
 mod kernel;
 mod lifecycle;
 mod listing;
+mod memnet;
 mod pki;
 mod privileges;
 mod probes;
@@ -45,6 +46,7 @@ fn main() {
     trials.extend(tcp::trials());
     trials.extend(fs_latency::trials());
     trials.extend(storage::trials());
+    trials.extend(memnet::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());
