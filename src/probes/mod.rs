@@ -4,6 +4,7 @@
 //! series) does the rest. The module is the only code that knows its
 //! skeleton.
 
+pub mod custom;
 mod exec;
 mod exit;
 mod file_open;
@@ -40,6 +41,14 @@ const BUILTINS: &[Builtin] = &[
     vfs_io::PROBE,
 ];
 
+/// How a configured probe is loaded and decoded: a built-in's own
+/// functions, or the generic ones of config-defined probes.
+#[derive(Clone, Copy)]
+pub struct Runner {
+    pub load: LoadFn,
+    pub decoder: fn(&ProbeSettings) -> Arc<dyn Decoder>,
+}
+
 /// Every probe the agent can run, with its spec built once.
 pub struct Registry {
     probes: Vec<(Arc<ProbeSpec>, &'static Builtin)>,
@@ -50,9 +59,20 @@ impl Registry {
         Registry { probes: BUILTINS.iter().map(|b| (Arc::new((b.spec)()), b)).collect() }
     }
 
-    /// The specs, for config validation.
+    /// The specs, for config validation, and the running kernel's hook
+    /// formats, for config-defined probes.
     pub fn catalog(&self) -> Catalog {
         Catalog::new(self.probes.iter().map(|(spec, _)| spec.clone()).collect())
+            .with_schemas(Arc::new(custom::KernelSchemas))
+    }
+
+    /// How to load and decode a configured probe, built-in or defined in
+    /// the config.
+    pub fn runner(&self, spec: &ProbeSpec) -> Option<Runner> {
+        if spec.custom.is_some() {
+            return Some(custom::RUNNER);
+        }
+        self.get(&spec.name).map(|b| Runner { load: b.load, decoder: b.decoder })
     }
 
     pub fn get(&self, name: &str) -> Option<&'static Builtin> {

@@ -26,6 +26,7 @@ pub fn expects_fentry() -> bool {
 
 /// Names (as the kernel truncates them, 15 bytes) of sonde's programs.
 const PROGRAM_NAMES: &[&str] = &[
+    "custom_tracepoint",
     "handle_exec",
     "handle_exit",
     "handle_openat_enter",

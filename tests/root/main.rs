@@ -14,6 +14,7 @@
 
 mod agent;
 mod catalog;
+mod custom;
 mod foundation;
 mod http;
 mod kernel;
@@ -40,6 +41,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(probes::trials());
     trials.extend(catalog::trials());
+    trials.extend(custom::trials());
     trials.extend(tcp::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
