@@ -2,7 +2,7 @@
 //! privileges, a mounted tracefs, and (on old kernels) locked memory.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::capabilities::{self, CapError, CapSet, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
 
@@ -132,9 +132,16 @@ pub fn prepare() -> Result<(), SystemError> {
 /// libbpf finds tracepoint ids in tracefs; many hosts and containers do not
 /// mount it.
 fn ensure_tracefs() -> Result<(), SystemError> {
+    tracefs_events().map(|_| ())
+}
+
+/// The `events` directory of tracefs (tracepoint ids and record formats),
+/// mounting tracefs first if no usual place has it.
+pub fn tracefs_events() -> Result<PathBuf, SystemError> {
     for dir in [TRACEFS, DEBUGFS_TRACING] {
-        match std::fs::metadata(Path::new(dir).join("events")) {
-            Ok(meta) if meta.is_dir() => return Ok(()),
+        let events = Path::new(dir).join("events");
+        match std::fs::metadata(&events) {
+            Ok(meta) if meta.is_dir() => return Ok(events),
             // Mounted, but closed to this process: mounting it again would
             // not help, and "not mounted" would send the user the wrong way.
             Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => return Err(unreadable(dir, err)),
@@ -148,7 +155,7 @@ fn ensure_tracefs() -> Result<(), SystemError> {
         return Err(SystemError::Tracefs { error: std::io::Error::last_os_error() });
     }
     tracing::info!("mounted tracefs at {TRACEFS}");
-    Ok(())
+    Ok(Path::new(TRACEFS).join("events"))
 }
 
 /// Why `dir` is closed to this process: its owner and mode, and who runs.

@@ -29,8 +29,10 @@ pub enum Outcome {
 /// Loads and attaches one probe, logging why it failed if it did.
 pub fn load_one(registry: &probes::Registry, settings: &ProbeSettings, ctx: &LoadContext) -> Outcome {
     let name = settings.name();
-    let Some(builtin) = registry.get(name) else { unreachable!("config validation only admits registered probes") };
-    match loader::load_probe(builtin.load, settings, ctx) {
+    let Some(runner) = registry.runner(&settings.spec) else {
+        unreachable!("config validation only admits registered or config-defined probes")
+    };
+    match loader::load_probe(runner.load, settings, ctx) {
         Ok(loaded) => {
             for (kind, why) in loader::explain_attempts(&settings.spec, &loaded.skipped) {
                 tracing::info!(probe = name, hook = kind.name(), reason = why, "hook skipped");
@@ -167,11 +169,12 @@ impl Running {
         limits: Limits,
     ) -> Result<(Vec<Link>, Vec<String>, &'static str), String> {
         let name = settings.name();
-        let builtin = self.probes_registry.get(name).ok_or_else(|| format!("probe `{name}` is not registered"))?;
+        let runner =
+            self.probes_registry.runner(&settings.spec).ok_or_else(|| format!("probe `{name}` is not registered"))?;
         if settings.labels.iter().any(|l| settings.spec.label(l).is_some_and(|l| l.source == LabelSource::Cgroup)) {
             self.follow_cgroups();
         }
-        let decoder = (builtin.decoder)(settings);
+        let decoder = (runner.decoder)(settings);
         let metrics: Vec<String> = settings.spec.metrics.iter().map(|m| self.registry.full_name(&m.name)).collect();
         let registry = self.registry.clone();
         let aggregate = match loaded.aggregates {

@@ -2,6 +2,7 @@
 //! before anything touches the kernel. Every error names the file, line and
 //! column it comes from.
 
+mod custom;
 mod guard;
 mod probes;
 mod scalar;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+use custom::Defined;
 pub use guard::MAX_CONFIG_DEPTH;
 pub use probes::{MAX_BUCKET_BOUNDS, MAX_COMM_FILTERS};
 pub use scalar::MAX_QUOTED_CHARS;
@@ -112,6 +114,7 @@ const CONFIG_KEYS: &[&str] = &[
 
 struct ConfigVisitor<'c> {
     catalog: &'c Catalog,
+    defined: &'c Defined,
     /// How many probes the file configures, when an earlier pass found out:
     /// lets `ring_buffer`, read before `probes`, check its total at itself.
     probe_count: Option<usize>,
@@ -142,7 +145,8 @@ impl<'de> Visitor<'de> for ConfigVisitor<'_> {
         while let Some(key) = map.next_key_seed(OneOf { keys: CONFIG_KEYS, what: "top-level", seen: &seen })? {
             seen.insert(key);
             let probe_count = self.probe_count.or(seen.contains("probes").then_some(config.probes.len()));
-            map.next_value_seed(ConfigValue { key, config: &mut config, catalog: self.catalog, probe_count })?;
+            let (catalog, defined) = (self.catalog, self.defined);
+            map.next_value_seed(ConfigValue { key, config: &mut config, catalog, defined, probe_count })?;
         }
         if !seen.contains("probes") {
             return Err(de::Error::custom(format!(
@@ -159,6 +163,7 @@ struct ConfigValue<'a> {
     key: &'static str,
     config: &'a mut Config,
     catalog: &'a Catalog,
+    defined: &'a Defined,
     probe_count: Option<usize>,
 }
 
@@ -178,7 +183,7 @@ impl<'de> DeserializeSeed<'de> for ConfigValue<'_> {
             "strict" => config.strict = bool::deserialize(d)?,
             "cri_socket" => config.cri_socket = Some(cri_socket(d)?),
             "drop_capabilities" => config.drop_capabilities = bool::deserialize(d)?,
-            "probes" => config.probes = probes::deserialize(d, self.catalog)?,
+            "probes" => config.probes = probes::deserialize(d, self.catalog, self.defined)?,
             _ => unreachable!("OneOf only yields CONFIG_KEYS"),
         }
         Ok(())
@@ -383,13 +388,14 @@ impl Config {
             let (line, column) = guard::position(text, fault.offset);
             ConfigError::Invalid { origin: origin.to_string(), line, column, message: fault.message }
         })?;
-        let config = parse_pass(text, origin, catalog, None)?;
+        let defined = Defined::scan(text);
+        let config = parse_pass(text, origin, catalog, &defined, None)?;
         let ring_total = config.ring_buffer.size_bytes.and_then(|size| ring_total_error(size, config.probes.len()));
         if let Some(message) = ring_total {
             // `size_bytes` came before `probes`, so the total could not be
             // checked at it: parsed again with the probe count known, the
             // error is reported at `size_bytes`.
-            let located = parse_pass(text, origin, catalog, Some(config.probes.len())).err();
+            let located = parse_pass(text, origin, catalog, &defined, Some(config.probes.len())).err();
             return Err(located.unwrap_or(ConfigError::Unlocated { origin: origin.to_string(), message }));
         }
         Ok(config)
@@ -398,8 +404,15 @@ impl Config {
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-fn parse_pass(text: &str, origin: &str, catalog: &Catalog, probe_count: Option<usize>) -> Result<Config, ConfigError> {
-    let config = serde_yaml::Deserializer::from_str(text).deserialize_map(ConfigVisitor { catalog, probe_count });
+fn parse_pass(
+    text: &str,
+    origin: &str,
+    catalog: &Catalog,
+    defined: &Defined,
+    probe_count: Option<usize>,
+) -> Result<Config, ConfigError> {
+    let visitor = ConfigVisitor { catalog, defined, probe_count };
+    let config = serde_yaml::Deserializer::from_str(text).deserialize_map(visitor);
     config.map_err(|err| locate(with_location(err, text), origin))
 }
 

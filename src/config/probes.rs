@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use super::custom::{check_name, CustomSettings, Defined, HOOK_KEYS};
 use super::scalar::{int_in, quoted, scalar, OneOf, Scalar};
 use crate::spec::{Buckets, Catalog, Filter, HookChoice, HookKind, ProbeSettings, ProbeSpec};
 
@@ -18,10 +19,14 @@ pub const MAX_COMM_FILTERS: usize = 8;
 /// series per label set, and one more step for each observation.
 pub const MAX_BUCKET_BOUNDS: usize = 64;
 
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D, catalog: &Catalog) -> Result<Vec<ProbeSettings>, D::Error> {
+pub fn deserialize<'de, D: Deserializer<'de>>(
+    d: D,
+    catalog: &Catalog,
+    defined: &Defined,
+) -> Result<Vec<ProbeSettings>, D::Error> {
     // `any`, not `map`: given `map`, serde_yaml reports `probes: ~` as a type
     // error instead of calling visit_unit.
-    d.deserialize_any(ProbesVisitor { catalog })
+    d.deserialize_any(ProbesVisitor { catalog, defined })
 }
 
 /// An agent without probes would serve nothing but its own metrics; that is
@@ -32,6 +37,7 @@ fn no_probes(catalog: &Catalog) -> String {
 
 struct ProbesVisitor<'c> {
     catalog: &'c Catalog,
+    defined: &'c Defined,
 }
 
 impl<'de> Visitor<'de> for ProbesVisitor<'_> {
@@ -47,8 +53,12 @@ impl<'de> Visitor<'de> for ProbesVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out: Vec<ProbeSettings> = Vec::new();
-        while let Some(spec) = map.next_key_seed(ProbeName { seen: &out, catalog: self.catalog })? {
-            let config = map.next_value_seed(Settings { spec })?;
+        let (catalog, defined) = (self.catalog, self.defined);
+        while let Some(probe) = map.next_key_seed(ProbeName { seen: &out, catalog, defined })? {
+            let config = match probe {
+                Probe::Builtin(spec) => map.next_value_seed(Settings { spec })?,
+                Probe::Defined(name) => map.next_value_seed(CustomSettings { name, catalog, defined })?,
+            };
             out.push(config);
         }
         if out.is_empty() {
@@ -58,27 +68,43 @@ impl<'de> Visitor<'de> for ProbesVisitor<'_> {
     }
 }
 
-/// A probe name: known to the catalog and not configured twice.
+/// A probe name: known to the catalog, or defined in the config (with a
+/// hook key), and not configured twice.
 struct ProbeName<'a> {
     seen: &'a [ProbeSettings],
     catalog: &'a Catalog,
+    defined: &'a Defined,
+}
+
+enum Probe {
+    Builtin(Arc<ProbeSpec>),
+    Defined(String),
 }
 
 impl<'de> DeserializeSeed<'de> for ProbeName<'_> {
-    type Value = Arc<ProbeSpec>;
+    type Value = Probe;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         scalar(d, "a probe name", |v| {
             let Scalar::Str(name) = v else {
                 return Err(format!("expected a probe name, found {v}"));
             };
-            let spec = self.catalog.find(name).ok_or_else(|| {
-                format!("unknown probe {}; known probes: {}", quoted(name), self.catalog.names().join(", "))
-            })?;
             if self.seen.iter().any(|c| c.name() == name) {
                 return Err(format!("probe `{name}` is configured twice"));
             }
-            Ok(spec.clone())
+            if let Some(spec) = self.catalog.find(name) {
+                return Ok(Probe::Builtin(spec.clone()));
+            }
+            if self.defined.defines(name) {
+                check_name(name)?;
+                return Ok(Probe::Defined(name.to_string()));
+            }
+            Err(format!(
+                "unknown probe {}; known probes: {} (a probe of another name is defined by one of: {})",
+                quoted(name),
+                self.catalog.names().join(", "),
+                HOOK_KEYS.join(", ")
+            ))
         })
     }
 }
@@ -263,7 +289,7 @@ impl<'de> Visitor<'de> for FilterSeed {
     }
 }
 
-struct Pid;
+pub(super) struct Pid;
 
 impl<'de> DeserializeSeed<'de> for Pid {
     type Value = Option<u32>;
@@ -274,7 +300,7 @@ impl<'de> DeserializeSeed<'de> for Pid {
     }
 }
 
-struct CommList;
+pub(super) struct CommList;
 
 impl<'de> DeserializeSeed<'de> for CommList {
     type Value = Vec<String>;
@@ -355,7 +381,7 @@ impl<'de> DeserializeSeed<'de> for Hook<'_> {
     }
 }
 
-struct BucketsSeed;
+pub(super) struct BucketsSeed;
 
 impl<'de> DeserializeSeed<'de> for BucketsSeed {
     type Value = Buckets;

@@ -418,7 +418,7 @@ where
     for spec in attaching {
         let name = spec.program.as_str();
         let prog = object.progs_mut().find(|p| p.name() == name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
-        let link = verifier_log::capture(|| prog.attach()).map_err(|(source, log)| {
+        let link = verifier_log::capture(|| attach(&prog, &spec.target)).map_err(|(source, log)| {
             let detail = with_hint(detail(&log), &source, crate::system::perf_event_restriction);
             LoadError::Attach {
                 program: name.to_string(),
@@ -452,6 +452,20 @@ where
         _ => None,
     };
     Ok(Loaded { hook: hook.kind, links, events, lost, aggregates, direct, programs, skipped: Vec::new(), absent })
+}
+
+/// Attaches a program where its section says, or, for a generic program
+/// whose section names no hook point (`SEC("tracepoint")`: config-defined
+/// probes), to `target`.
+fn attach(prog: &libbpf_rs::ProgramMut<'_>, target: &str) -> Result<Link, libbpf_rs::Error> {
+    if prog.section() != "tracepoint" {
+        return prog.attach();
+    }
+    let (group, name) = target.split_once('/').ok_or_else(|| {
+        let why = format!("tracepoint `{target}` is not of the form group/name");
+        libbpf_rs::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
+    })?;
+    prog.attach_tracepoint(libbpf_rs::TracepointCategory::Custom(group.to_string()), name)
 }
 
 /// The key a full aggregation table counts into: created here, before any

@@ -6,6 +6,7 @@
 
 mod block_io;
 mod disk_names;
+pub mod custom;
 mod exec;
 mod exit;
 mod file_open;
@@ -52,6 +53,14 @@ const BUILTINS: &[Builtin] = &[
     vfs_io::PROBE,
 ];
 
+/// How a configured probe is loaded and decoded: a built-in's own
+/// functions, or the generic ones of config-defined probes.
+#[derive(Clone, Copy)]
+pub struct Runner {
+    pub load: LoadFn,
+    pub decoder: fn(&ProbeSettings) -> Arc<dyn Decoder>,
+}
+
 /// Every probe the agent can run, with its spec built once.
 pub struct Registry {
     probes: Vec<(Arc<ProbeSpec>, &'static Builtin)>,
@@ -62,9 +71,20 @@ impl Registry {
         Registry { probes: BUILTINS.iter().map(|b| (Arc::new((b.spec)()), b)).collect() }
     }
 
-    /// The specs, for config validation.
+    /// The specs, for config validation, and the running kernel's hook
+    /// formats, for config-defined probes.
     pub fn catalog(&self) -> Catalog {
         Catalog::new(self.probes.iter().map(|(spec, _)| spec.clone()).collect())
+            .with_schemas(Arc::new(custom::KernelSchemas))
+    }
+
+    /// How to load and decode a configured probe, built-in or defined in
+    /// the config.
+    pub fn runner(&self, spec: &ProbeSpec) -> Option<Runner> {
+        if spec.custom.is_some() {
+            return Some(custom::RUNNER);
+        }
+        self.get(&spec.name).map(|b| Runner { load: b.load, decoder: b.decoder })
     }
 
     pub fn get(&self, name: &str) -> Option<&'static Builtin> {

@@ -3,10 +3,12 @@
 //! where each label's value comes from. Built by code for the built-in
 //! probes; nothing here knows how a probe is loaded or read.
 
+pub mod custom;
 mod settings;
 
 use std::sync::Arc;
 
+pub use custom::{CustomProbe, HookSchemas};
 pub use settings::{Buckets, Filter, HookChoice, ProbeSettings};
 
 /// How a program hooks into the kernel.
@@ -200,6 +202,8 @@ pub struct ProbeSpec {
     /// Aggregated events whose key is a number below this (and no task
     /// label) are counted in an array rather than a hash: 0 for none.
     pub direct_event_keys: u32,
+    /// For a probe defined in the config, what its generic program reads.
+    pub custom: Option<CustomProbe>,
 }
 
 impl ProbeSpec {
@@ -218,6 +222,7 @@ impl ProbeSpec {
             ring_bytes_per_cpu: 16 << 10,
             kernel_aggregation: false,
             direct_event_keys: 0,
+            custom: None,
         }
     }
 
@@ -271,11 +276,23 @@ impl ProbeSpec {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     specs: Vec<Arc<ProbeSpec>>,
+    /// Where config-defined probes find their hook's fields; None: such
+    /// probes are refused.
+    schemas: Option<Arc<dyn HookSchemas>>,
 }
 
 impl Catalog {
     pub fn new(specs: Vec<Arc<ProbeSpec>>) -> Self {
-        Catalog { specs }
+        Catalog { specs, schemas: None }
+    }
+
+    pub fn with_schemas(mut self, schemas: Arc<dyn HookSchemas>) -> Self {
+        self.schemas = Some(schemas);
+        self
+    }
+
+    pub fn schemas(&self) -> Option<&dyn HookSchemas> {
+        self.schemas.as_deref()
     }
 
     pub fn find(&self, name: &str) -> Option<&Arc<ProbeSpec>> {

@@ -35,6 +35,7 @@ pub fn has_ftrace_direct_calls() -> bool {
 
 /// Names (as the kernel truncates them, 15 bytes) of sonde's programs.
 const PROGRAM_NAMES: &[&str] = &[
+    "custom_tracepoint",
     "handle_exec",
     "handle_exit",
     "handle_openat_enter",

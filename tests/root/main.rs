@@ -14,6 +14,7 @@
 
 mod agent;
 mod catalog;
+mod custom;
 mod foundation;
 mod fs_latency;
 mod http;
@@ -43,6 +44,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(probes::trials());
     trials.extend(catalog::trials());
+    trials.extend(custom::trials());
     trials.extend(tcp::trials());
     trials.extend(fs_latency::trials());
     trials.extend(storage::trials());

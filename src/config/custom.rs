@@ -1,0 +1,676 @@
+//! Probes defined in the config: a name that is no built-in probe's, with
+//! `tracepoint: group/name`. The tracepoint's fields come from the running
+//! kernel (`spec::HookSchemas`), so a label, value or filter naming a field
+//! it lacks is refused at its own line and column, like any config error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::probes::{BucketsSeed, CommList, Pid};
+use super::scalar::{quoted, scalar, OneOf, Scalar};
+use crate::spec::custom::{
+    CustomProbe, Field, FieldFilter, FieldKind, Roles, Slot, MAX_FIELDS, MAX_FILTER_STRING_BYTES,
+    MAX_NUMBER_FILTER_VALUES, MAX_STRING_FILTER_VALUES,
+};
+use crate::spec::{
+    Buckets, Catalog, Filter, HookChoice, HookKind, HookSpec, MetricSpec, ProbeSettings, ProbeSpec, Unit, COMMON_LABELS,
+};
+
+/// The keys that make a probe config-defined.
+pub const HOOK_KEYS: &[&str] = &["tracepoint"];
+const KEYS: &[&str] = &["tracepoint", "labels", "filter", "value", "unit", "buckets"];
+
+/// The probes a config defines and their hook points, from a first look at
+/// the YAML: it tells a config-defined probe from a misspelt built-in at
+/// the probe's name, and gives the hook's fields to settings that come
+/// before the hook key.
+#[derive(Debug, Default)]
+pub struct Defined {
+    targets: BTreeMap<String, Option<String>>,
+}
+
+impl Defined {
+    /// Config text that does not parse defines nothing here: the real pass
+    /// reports why, located.
+    pub fn scan(text: &str) -> Defined {
+        let mut targets = BTreeMap::new();
+        let value: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+        if let Some(probes) = value.get("probes").and_then(|p| p.as_mapping()) {
+            for (name, settings) in probes {
+                let (Some(name), Some(settings)) = (name.as_str(), settings.as_mapping()) else { continue };
+                if let Some(hook) = HOOK_KEYS.iter().find_map(|k| settings.get(*k)) {
+                    targets.insert(name.to_string(), hook.as_str().map(str::to_string));
+                }
+            }
+        }
+        Defined { targets }
+    }
+
+    pub fn defines(&self, name: &str) -> bool {
+        self.targets.contains_key(name)
+    }
+
+    fn target(&self, name: &str) -> Option<&str> {
+        self.targets.get(name).and_then(|t| t.as_deref())
+    }
+}
+
+/// A config-defined probe's name: it names its metrics, so it must be one.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= 64;
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "config-defined probe name {} must be 1 to 64 letters, digits and `_`, not starting with a digit: it \
+             names the probe's metrics",
+            quoted(name)
+        ))
+    }
+}
+
+/// The label a field is shown as: its name without leading underscores
+/// (Prometheus reserves `__`), or `field_<name>` where that is a built-in
+/// label's name (`signal_generate`'s `comm` and `pid` are the target's).
+fn label_of(field: &Field) -> String {
+    let bare = field.name.trim_start_matches('_');
+    if bare.is_empty() || COMMON_LABELS.iter().any(|(l, _)| *l == bare) {
+        format!("field_{bare}")
+    } else {
+        bare.to_string()
+    }
+}
+
+pub struct CustomSettings<'a> {
+    pub name: String,
+    pub catalog: &'a Catalog,
+    pub defined: &'a Defined,
+}
+
+impl<'de> DeserializeSeed<'de> for CustomSettings<'_> {
+    type Value = ProbeSettings;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ProbeSettings, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+/// What the settings say so far.
+struct Draft {
+    /// The tracepoint's fields, or why there are none.
+    schema: Result<Vec<Field>, String>,
+    target: Option<String>,
+    /// Label names in config order, each with its field if it shows one.
+    labels: Vec<(String, Option<String>)>,
+    value: Option<String>,
+    unit: Unit,
+    filter: Filter,
+    field_filters: Vec<(String, FieldFilter)>,
+    buckets: Buckets,
+}
+
+impl Draft {
+    fn fields(&self) -> Result<&[Field], String> {
+        self.schema.as_deref().map_err(Clone::clone)
+    }
+
+    /// The fields read so far, by name.
+    fn used(&self) -> BTreeSet<&str> {
+        let labels = self.labels.iter().filter_map(|(_, f)| f.as_deref());
+        let filters = self.field_filters.iter().map(|(f, _)| f.as_str());
+        labels.chain(self.value.as_deref()).chain(filters).collect()
+    }
+
+    /// Fails unless one more field `name` keeps the probe within
+    /// [`MAX_FIELDS`].
+    fn room_for(&self, name: &str) -> Result<(), String> {
+        let used = self.used();
+        if used.contains(name) || used.len() < MAX_FIELDS {
+            return Ok(());
+        }
+        Err(format!(
+            "a config-defined probe reads at most {MAX_FIELDS} fields (labels, value and filters together); \
+             it already reads {}",
+            used.into_iter().collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
+
+fn find_field<'f>(fields: &'f [Field], name: &str, target: &str) -> Result<&'f Field, String> {
+    fields.iter().find(|f| f.name == name).ok_or_else(|| {
+        let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+        format!("tracepoint `{target}` has no field {}; its fields: {}", quoted(name), names.join(", "))
+    })
+}
+
+impl<'de> Visitor<'de> for CustomSettings<'_> {
+    type Value = ProbeSettings;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "settings for config-defined probe `{}`", self.name)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProbeSettings, A::Error> {
+        let target = self.defined.target(&self.name).unwrap_or_default().to_string();
+        let schema = match self.catalog.schemas() {
+            Some(schemas) => schemas.tracepoint(&target),
+            None => Err("config-defined probes need the running kernel's tracepoint formats".to_string()),
+        };
+        let mut draft = Draft {
+            schema,
+            target: None,
+            labels: Vec::new(),
+            value: None,
+            unit: Unit::None,
+            filter: Filter::default(),
+            field_filters: Vec::new(),
+            buckets: Buckets::Exp2,
+        };
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key_seed(OneOf { keys: KEYS, what: "config-defined probe", seen: &seen })? {
+            seen.insert(key);
+            match key {
+                "tracepoint" => draft.target = Some(map.next_value_seed(Tracepoint { draft: &draft })?),
+                "labels" => draft.labels = map.next_value_seed(Labels { draft: &draft, target: &target })?,
+                "value" => draft.value = Some(map.next_value_seed(Value { draft: &draft, target: &target })?),
+                "unit" => draft.unit = map.next_value_seed(UnitSeed)?,
+                "buckets" => draft.buckets = map.next_value_seed(BucketsSeed)?,
+                "filter" => {
+                    let (filter, fields) = map.next_value_seed(FilterSeed { draft: &draft, target: &target })?;
+                    draft.filter = filter;
+                    draft.field_filters = fields;
+                }
+                _ => unreachable!("OneOf only yields KEYS"),
+            }
+        }
+        if seen.contains("unit") && draft.value.is_none() {
+            return Err(de::Error::custom("`unit` says what `value` measures: set `value` too"));
+        }
+        build(self.name, draft).map_err(de::Error::custom)
+    }
+}
+
+fn build(name: String, draft: Draft) -> Result<ProbeSettings, String> {
+    let target = draft.target.clone().ok_or("a config-defined probe needs `tracepoint: group/name`")?;
+    let fields = draft.fields()?;
+    let mut slots: Vec<Slot> = Vec::new();
+    for field_name in draft.used() {
+        let field = find_field(fields, field_name, &target)?.clone();
+        let roles = Roles {
+            label: draft.labels.iter().find(|(_, f)| f.as_deref() == Some(field_name)).map(|(l, _)| l.clone()),
+            value: draft.value.as_deref() == Some(field_name),
+            filter: draft.field_filters.iter().find(|(f, _)| f == field_name).map(|(_, v)| v.clone()),
+        };
+        slots.push(Slot { field, roles, record_offset: 0 });
+    }
+    let event_labels: Vec<&str> = draft.labels.iter().filter(|(_, f)| f.is_some()).map(|(l, _)| l.as_str()).collect();
+    let labels: Vec<&str> = draft.labels.iter().map(|(l, _)| l.as_str()).collect();
+    let summary = format!("Config-defined: events of tracepoint {target}.");
+    let mut spec = ProbeSpec::new(&name, &summary, &event_labels, &labels)
+        .hook(HookSpec::new(HookKind::Tracepoint, &[(crate::probes::custom::TRACEPOINT_PROGRAM, &target)]))
+        .metric(MetricSpec::counter(&format!("{name}_total"), &format!("Events of tracepoint {target}.")));
+    if let Some(value) = &draft.value {
+        let (suffix, unit_help) = match draft.unit {
+            Unit::Seconds => ("seconds", " (the field counts nanoseconds)"),
+            Unit::Bytes => ("bytes", ""),
+            Unit::None => ("value", ""),
+        };
+        let help = format!("Field `{value}` of tracepoint {target}{unit_help}.");
+        spec = spec.metric(MetricSpec::histogram(&format!("{name}_{suffix}"), draft.unit, &help));
+    }
+    spec.custom = Some(CustomProbe::new(target, slots));
+    let mut settings = ProbeSettings::defaults(Arc::new(spec));
+    settings.filter = draft.filter;
+    settings.buckets = draft.buckets;
+    settings.hook = HookChoice::Auto;
+    Ok(settings)
+}
+
+struct Tracepoint<'a> {
+    draft: &'a Draft,
+}
+
+impl<'de> DeserializeSeed<'de> for Tracepoint<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        scalar(d, "a tracepoint (group/name)", |v| {
+            let Scalar::Str(target) = v else {
+                return Err(format!("expected a tracepoint as group/name, found {v}"));
+            };
+            self.draft.fields()?;
+            Ok(target.to_string())
+        })
+    }
+}
+
+struct Labels<'a> {
+    draft: &'a Draft,
+    target: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for Labels<'_> {
+    type Value = Vec<(String, Option<String>)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Labels<'_> {
+    type Value = Vec<(String, Option<String>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of labels: built-in ones (comm, pid, cgroup…) or the tracepoint's fields")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut labels: Vec<(String, Option<String>)> = Vec::new();
+        while let Some(label) =
+            seq.next_element_seed(LabelName { draft: self.draft, target: self.target, seen: &labels })?
+        {
+            labels.push(label);
+        }
+        Ok(labels)
+    }
+}
+
+struct LabelName<'a> {
+    draft: &'a Draft,
+    target: &'a str,
+    seen: &'a [(String, Option<String>)],
+}
+
+impl<'de> DeserializeSeed<'de> for LabelName<'_> {
+    type Value = (String, Option<String>);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        scalar(d, "a label name", |v| {
+            let Scalar::Str(name) = v else {
+                return Err(format!("expected a label name, found {v}"));
+            };
+            if self.seen.iter().any(|(l, _)| l == name) {
+                return Err(format!("label `{name}` is listed twice"));
+            }
+            if COMMON_LABELS.iter().any(|(l, _)| *l == name) {
+                return Ok((name.to_string(), None));
+            }
+            let fields = self.draft.fields()?;
+            let Some(field) = fields.iter().find(|f| label_of(f) == name) else {
+                let mut known: Vec<String> = COMMON_LABELS.iter().map(|(l, _)| l.to_string()).collect();
+                known.extend(fields.iter().map(label_of));
+                return Err(format!(
+                    "tracepoint `{}` has no field {} to label by; labels it can carry: {}",
+                    self.target,
+                    quoted(name),
+                    known.join(", ")
+                ));
+            };
+            self.draft.room_for(&field.name)?;
+            Ok((name.to_string(), Some(field.name.clone())))
+        })
+    }
+}
+
+struct Value<'a> {
+    draft: &'a Draft,
+    target: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for Value<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        scalar(d, "a numeric field", |v| {
+            let Scalar::Str(name) = v else {
+                return Err(format!("expected a field name, found {v}"));
+            };
+            let field = find_field(self.draft.fields()?, name, self.target)?;
+            if field.kind.is_string() {
+                return Err(format!(
+                    "field `{name}` ({}) is a string, not a number: `value` takes a numeric field",
+                    field.c_type
+                ));
+            }
+            self.draft.room_for(name)?;
+            Ok(name.to_string())
+        })
+    }
+}
+
+struct UnitSeed;
+
+impl<'de> DeserializeSeed<'de> for UnitSeed {
+    type Value = Unit;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Unit, D::Error> {
+        scalar(d, "a unit", |v| match v {
+            Scalar::Str("bytes") => Ok(Unit::Bytes),
+            Scalar::Str("seconds") => Ok(Unit::Seconds),
+            Scalar::Str("none") => Ok(Unit::None),
+            other => Err(format!(
+                "unknown unit {other}: expected `bytes`, `seconds` (the field counts nanoseconds) or `none`"
+            )),
+        })
+    }
+}
+
+struct FilterSeed<'a> {
+    draft: &'a Draft,
+    target: &'a str,
+}
+
+type FieldFilters = Vec<(String, FieldFilter)>;
+
+impl<'de> DeserializeSeed<'de> for FilterSeed<'_> {
+    type Value = (Filter, FieldFilters);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FilterSeed<'_> {
+    type Value = (Filter, FieldFilters);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a filter mapping with `comm`, `pid` and/or `fields`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const FILTER_KEYS: &[&str] = &["comm", "pid", "fields"];
+        let mut filter = Filter::default();
+        let mut fields = Vec::new();
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key_seed(OneOf { keys: FILTER_KEYS, what: "filter", seen: &seen })? {
+            seen.insert(key);
+            match key {
+                "comm" => filter.comm = map.next_value_seed(CommList)?,
+                "pid" => filter.pid = map.next_value_seed(Pid)?,
+                "fields" => {
+                    fields = map.next_value_seed(FieldFiltersSeed { draft: self.draft, target: self.target })?
+                }
+                _ => unreachable!("OneOf only yields FILTER_KEYS"),
+            }
+        }
+        Ok((filter, fields))
+    }
+}
+
+struct FieldFiltersSeed<'a> {
+    draft: &'a Draft,
+    target: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldFiltersSeed<'_> {
+    type Value = FieldFilters;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldFiltersSeed<'_> {
+    type Value = FieldFilters;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping from field name to the values to keep")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: FieldFilters = Vec::new();
+        while let Some(field) = map.next_key_seed(FilterField { draft: self.draft, target: self.target, seen: &out })? {
+            let values = map.next_value_seed(FilterValues { field: &field })?;
+            out.push((field.name, values));
+        }
+        Ok(out)
+    }
+}
+
+struct FilterField<'a> {
+    draft: &'a Draft,
+    target: &'a str,
+    seen: &'a [(String, FieldFilter)],
+}
+
+impl<'de> DeserializeSeed<'de> for FilterField<'_> {
+    type Value = Field;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
+        scalar(d, "a field name", |v| {
+            let Scalar::Str(name) = v else {
+                return Err(format!("expected a field name, found {v}"));
+            };
+            let field = find_field(self.draft.fields()?, name, self.target)?;
+            if self.seen.iter().any(|(f, _)| f == name) {
+                return Err(format!("field `{name}` is filtered twice"));
+            }
+            // the fields filtered before this one count too
+            let used = self.draft.used();
+            let earlier = self.seen.iter().filter(|(f, _)| !used.contains(f.as_str())).count();
+            if !used.contains(name) && used.len() + earlier >= MAX_FIELDS {
+                return Err(format!(
+                    "a config-defined probe reads at most {MAX_FIELDS} fields (labels, value and filters together)"
+                ));
+            }
+            Ok(field.clone())
+        })
+    }
+}
+
+struct FilterValues<'a> {
+    field: &'a Field,
+}
+
+impl<'de> DeserializeSeed<'de> for FilterValues<'_> {
+    type Value = FieldFilter;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<FieldFilter, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FilterValues<'_> {
+    type Value = FieldFilter;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a list of values of field `{}`", self.field.name)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FieldFilter, A::Error> {
+        let field = self.field;
+        let mut numbers: Vec<u64> = Vec::new();
+        let mut strings: Vec<String> = Vec::new();
+        loop {
+            let count = numbers.len() + strings.len();
+            let Some(value) = seq.next_element_seed(FilterValue { field, count })? else { break };
+            match value {
+                FilterValueOf::Number(n) if !numbers.contains(&n) => numbers.push(n),
+                FilterValueOf::String(s) if !strings.contains(&s) => strings.push(s),
+                _ => {}
+            }
+        }
+        if numbers.is_empty() && strings.is_empty() {
+            return Err(de::Error::custom(format!("the filter on field `{}` keeps no value", field.name)));
+        }
+        Ok(if field.kind.is_string() { FieldFilter::Strings(strings) } else { FieldFilter::Numbers(numbers) })
+    }
+}
+
+enum FilterValueOf {
+    Number(u64),
+    String(String),
+}
+
+struct FilterValue<'a> {
+    field: &'a Field,
+    /// Values before this one.
+    count: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for FilterValue<'_> {
+    type Value = FilterValueOf;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<FilterValueOf, D::Error> {
+        let field = self.field;
+        scalar(d, "a field value", |v| match field.kind {
+            FieldKind::Number { signed } => {
+                if self.count >= MAX_NUMBER_FILTER_VALUES {
+                    return Err(format!("a field filter keeps at most {MAX_NUMBER_FILTER_VALUES} numbers"));
+                }
+                let Scalar::Int(n) = v else {
+                    return Err(format!("field `{}` ({}) is a number; found {v}", field.name, field.c_type));
+                };
+                number_in_field(n, field.size, signed).map(FilterValueOf::Number).ok_or_else(|| {
+                    format!("{n} does not fit field `{}` ({}, {} bytes)", field.name, field.c_type, field.size)
+                })
+            }
+            _ => {
+                if self.count >= MAX_STRING_FILTER_VALUES {
+                    return Err(format!("a field filter keeps at most {MAX_STRING_FILTER_VALUES} strings"));
+                }
+                let Scalar::Str(s) = v else {
+                    return Err(format!("field `{}` ({}) is a string; found {v}", field.name, field.c_type));
+                };
+                if s.len() > MAX_FILTER_STRING_BYTES || s.contains('\0') {
+                    return Err(format!(
+                        "string {} is too long: filters compare strings of at most {MAX_FILTER_STRING_BYTES} bytes",
+                        quoted(s)
+                    ));
+                }
+                Ok(FilterValueOf::String(s.to_string()))
+            }
+        })
+    }
+}
+
+/// `n` as a field of `size` bytes holds it (negative numbers in two's
+/// complement), or None if it does not fit.
+fn number_in_field(n: i128, size: u16, signed: bool) -> Option<u64> {
+    let bits = u32::from(size.clamp(1, 8)) * 8;
+    let (min, max) =
+        if signed { (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1) } else { (0, (1i128 << bits) - 1) };
+    // a signed field also takes the unsigned spelling of its bits
+    let max = max.max(if signed { (1i128 << bits) - 1 } else { max });
+    if n < min || n > max {
+        return None;
+    }
+    let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    Some((n as i64 as u64) & mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The kernel's formats, as fixed text.
+    #[derive(Debug)]
+    struct Formats;
+
+    impl crate::spec::HookSchemas for Formats {
+        fn tracepoint(&self, target: &str) -> Result<Vec<Field>, String> {
+            let text = match target {
+                "signal/signal_generate" => {
+                    "\tfield:int sig;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:char comm[16];\toffset:20;\tsize:16;\tsigned:0;
+\tfield:pid_t pid;\toffset:36;\tsize:4;\tsigned:1;
+\tfield:int result;\toffset:44;\tsize:4;\tsigned:1;
+\tfield:int code;\toffset:16;\tsize:4;\tsigned:1;"
+                }
+                "syscalls/sys_enter_openat" => {
+                    "\tfield:int dfd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;"
+                }
+                _ => return Err(format!("unknown tracepoint `{target}`")),
+            };
+            Ok(crate::probes::custom::format::parse(text, target.starts_with("syscalls/")))
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let catalog = crate::probes::Registry::builtin().catalog().with_schemas(std::sync::Arc::new(Formats));
+        Config::parse(text, "t.yaml", &catalog).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_config_defined_probe_becomes_a_spec_with_its_fields() {
+        let config = parse(
+            "probes:\n  sigs:\n    labels: [comm, sig, field_comm]\n    tracepoint: signal/signal_generate\n    \
+             filter: {comm: [kill], fields: {result: [0, 2]}}\n    value: code\n    unit: bytes\n",
+        )
+        .expect("parses");
+        let settings = &config.probes[0];
+        assert_eq!(settings.labels, ["comm", "sig", "field_comm"]);
+        assert_eq!(settings.filter.comm, ["kill"]);
+        let spec = &settings.spec;
+        let names: Vec<&str> = spec.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["sigs_total", "sigs_bytes"]);
+        assert_eq!(spec.hooks[0].programs[0].target, "signal/signal_generate");
+        let custom = spec.custom.as_ref().expect("custom");
+        let read: Vec<&str> = custom.slots.iter().map(|s| s.field.name.as_str()).collect();
+        assert_eq!(read, ["code", "comm", "result", "sig"]);
+        assert_eq!(custom.label_slot("field_comm").map(|s| s.field.kind), Some(FieldKind::InlineString));
+        let result = custom.slots.iter().find(|s| s.field.name == "result").expect("result");
+        assert_eq!((result.roles.filter.clone(), result.recorded()), (Some(FieldFilter::Numbers(vec![0, 2])), false));
+    }
+
+    #[test]
+    fn errors_are_located_at_the_node_at_fault() {
+        let cases: &[(&str, &str)] = &[
+            ("probes:\n  x:\n    tracepoint: signal/nope\n", "t.yaml:3:17: probes.x.tracepoint: unknown tracepoint"),
+            ("probes:\n  x:\n    tracepoint: signal/signal_generate\n    labels: [sig, nope]\n", "t.yaml:4:19"),
+            ("probes:\n  x:\n    tracepoint: signal/signal_generate\n    value: comm\n", "t.yaml:4:12"),
+            ("probes:\n  x:\n    tracepoint: signal/signal_generate\n    value: nope\n", "has no field `nope`"),
+            (
+                "probes:\n  x:\n    tracepoint: syscalls/sys_enter_openat\n    filter: {fields: {filename: [aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]}}\n",
+                "t.yaml:4:34",
+            ),
+            ("probes:\n  x:\n    tracepoint: signal/signal_generate\n    filter: {fields: {sig: [x]}}\n", "is a number"),
+            ("probes:\n  x:\n    tracepoint: signal/signal_generate\n    unit: bytes\n", "set `value` too"),
+            ("probes:\n  9x:\n    tracepoint: signal/signal_generate\n", "t.yaml:2:3"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        let err = parse("probes:\n  x:\n    tracepoint: signal/signal_generate\n    value: comm\n").unwrap_err();
+        assert!(err.contains("is a string, not a number"), "{err}");
+    }
+
+    #[test]
+    fn at_most_four_fields_are_read() {
+        let text = "probes:\n  x:\n    tracepoint: signal/signal_generate\n    labels: [sig, field_comm, field_pid, result]\n    value: code\n";
+        let err = parse(text).expect_err("five fields");
+        assert!(err.contains("t.yaml:5:12") && err.contains("at most 4 fields"), "{err}");
+    }
+
+    #[test]
+    fn filter_numbers_are_the_fields_bytes() {
+        assert_eq!(number_in_field(-100, 8, true), Some((-100i64) as u64));
+        assert_eq!(number_in_field(-1, 4, true), Some(0xffff_ffff));
+        assert_eq!(number_in_field(12, 4, true), Some(12));
+        assert_eq!(number_in_field(-1, 4, false), None);
+        assert_eq!(number_in_field(256, 1, false), None);
+        assert_eq!(number_in_field(u64::MAX as i128, 8, false), Some(u64::MAX));
+    }
+
+    #[test]
+    fn shadowed_and_reserved_field_names_get_labels_of_their_own() {
+        let field = |name: &str| Field {
+            name: name.into(),
+            c_type: "int".into(),
+            kind: FieldKind::Number { signed: true },
+            offset: 8,
+            size: 4,
+        };
+        assert_eq!(label_of(&field("sig")), "sig");
+        assert_eq!(label_of(&field("pid")), "field_pid");
+        assert_eq!(label_of(&field("__syscall_nr")), "syscall_nr");
+    }
+}
