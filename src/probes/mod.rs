@@ -5,8 +5,8 @@
 //! skeleton.
 
 mod block_io;
-mod disk_names;
 pub mod custom;
+mod disk_names;
 mod exec;
 mod exit;
 mod file_open;

@@ -1,6 +1,6 @@
 //! Exact-delta tests for the catalogue probes: signals, process, oom.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -41,16 +41,18 @@ fn signals_usr1() -> Result<(), Failed> {
     let mut child =
         binary.command(&["catch-usr1"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn");
     let mut ready = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut ready).expect("read ready");
+    let mut acks = BufReader::new(child.stdout.take().expect("stdout"));
+    acks.read_line(&mut ready).expect("read ready");
     assert_eq!(ready.trim(), "ready");
     let pid = child.id() as i32;
     workload::on_named_thread(&sender, move || {
         for _ in 0..N {
             // SAFETY: signals our own child, which catches SIGUSR1.
             assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-            // one at a time, so each is delivered rather than merged into a
-            // pending one
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            // one at a time: the child's acknowledgement says this one was
+            // delivered, so the next is not merged into it while pending
+            let mut ack = [0u8; 1];
+            acks.read_exact(&mut ack).expect("signal acknowledged");
         }
     });
     drop(child.stdin.take());

@@ -65,16 +65,23 @@ fn fork_children(n: usize) -> i32 {
     0
 }
 
-extern "C" fn ignore_signal(_: libc::c_int) {}
+/// Says on stdout that a signal came, so that a sender can wait for each
+/// one to be delivered before it sends the next (a slow guest may not have
+/// run the handler within any fixed pause, and a signal sent while the last
+/// is pending is merged into it). write(2) is async-signal-safe.
+extern "C" fn acknowledge_signal(_: libc::c_int) {
+    // SAFETY: writes one byte from a static buffer to stdout.
+    unsafe { libc::write(1, b"s".as_ptr().cast(), 1) };
+}
 
 /// Catches SIGUSR1 (so that it is delivered, not fatal), says `ready` on
-/// stdout, and exits 0 when stdin closes.
+/// stdout, then `s` for each SIGUSR1, and exits 0 when stdin closes.
 fn catch_usr1_until_eof() -> i32 {
     use std::io::{Read, Write};
-    // SAFETY: installs a handler that does nothing.
+    // SAFETY: installs a handler that only writes one byte.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = ignore_signal as *const () as usize;
+        action.sa_sigaction = acknowledge_signal as *const () as usize;
         action.sa_flags = libc::SA_RESTART;
         if libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) != 0 {
             return 101;
