@@ -24,6 +24,7 @@ mod memnet;
 mod pki;
 mod privileges;
 mod probes;
+mod sched;
 mod storage;
 mod tcp;
 mod web;
@@ -47,6 +48,7 @@ fn main() {
     trials.extend(fs_latency::trials());
     trials.extend(storage::trials());
     trials.extend(memnet::trials());
+    trials.extend(sched::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());
