@@ -86,11 +86,15 @@ static __always_inline void on_unthrottle(struct cfs_rq *cfs_rq)
 }
 
 /* throttle_cfs_rq() returns false when bandwidth arrived in the meantime
- * and it did not throttle. */
+ * and it did not throttle. A returned bool is defined in the low byte of
+ * the return register only (x86-64 and arm64 alike): the rest is not
+ * looked at. */
+#define RETURNED_TRUE(reg) ((__u8)(reg) != 0)
+
 SEC("fexit/throttle_cfs_rq")
-int BPF_PROG(fexit_throttle_cfs_rq, struct cfs_rq *cfs_rq, bool did_throttle)
+int BPF_PROG(fexit_throttle_cfs_rq, struct cfs_rq *cfs_rq, __u64 ret)
 {
-	if (did_throttle)
+	if (RETURNED_TRUE(ret))
 		on_throttled(cfs_rq);
 	return 0;
 }
@@ -114,12 +118,12 @@ int BPF_KPROBE(kprobe_throttle_cfs_rq, struct cfs_rq *cfs_rq)
 }
 
 SEC("kretprobe/throttle_cfs_rq")
-int BPF_KRETPROBE(kretprobe_throttle_cfs_rq, bool did_throttle)
+int BPF_KRETPROBE(kretprobe_throttle_cfs_rq, __u64 ret)
 {
 	__u32 zero = 0;
 	__u64 *slot = bpf_map_lookup_elem(&throttling, &zero);
 
-	if (slot && *slot && did_throttle)
+	if (slot && *slot && RETURNED_TRUE(ret))
 		on_throttled((struct cfs_rq *)*slot);
 	if (slot)
 		*slot = 0;

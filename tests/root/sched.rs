@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Completion, Failed, Trial};
 
@@ -74,7 +74,7 @@ fn runqueue_wakeups(hook: &str, aggregate: bool) -> Result<(), Failed> {
     // each wait is at least a scheduler pass and, on a machine with idle
     // time, far below a second
     let waited = agent.scrape().value("sonde_runqueue_latency_seconds_sum", &labels);
-    within("sonde_runqueue_latency_seconds_sum", waited, f64::MIN_POSITIVE, waits)?;
+    within("sonde_runqueue_latency_seconds_sum", waited, 1e-9, waits)?;
     matrix("runqueue", hook, "ok");
     Ok(())
 }
@@ -104,7 +104,7 @@ fn softirq_kinds(hook: &str, aggregate: bool) -> Result<(), Failed> {
     let timer_after = agent.settle(timer + 1.0, count("timer"));
     within("timer handlers", timer_after - timer, 1.0, f64::MAX)?;
     let time = agent.scrape().value("sonde_softirq_duration_seconds_sum", &[("kind", "net_rx")]);
-    within("net_rx time", time, f64::MIN_POSITIVE, f64::MAX)?;
+    within("net_rx time", time, 1e-9, f64::MAX)?;
     matrix("softirq", hook, "ok");
     Ok(())
 }
@@ -188,7 +188,9 @@ fn cfs_throttle_counts() -> Result<Completion, Failed> {
     let agent = Agent::start("probes:\n  cfs_throttle:\n    labels: [cgroup]\n", &[]);
     probe_up(&agent, "cfs_throttle", hook)?;
     let binary = NamedBinary::new(&comm);
+    let started = Instant::now();
     let status = cgroup.run(&binary, 1, &["spin", "1000"])[0];
+    let lived = started.elapsed().as_secs_f64();
     if status.code() != Some(0) {
         return Err(format!("the spinning workload ended with {status}").into());
     }
@@ -202,10 +204,12 @@ fn cfs_throttle_counts() -> Result<Completion, Failed> {
     within("sonde_cfs_throttles_total vs nr_throttled", throttles, (periods - 1.0).max(1.0), periods + 1.0)?;
     let ended = agent.scrape().value("sonde_cfs_throttled_seconds_count", &labels);
     within("sonde_cfs_throttled_seconds_count (every throttling ended)", ended, throttles, throttles)?;
-    // each throttling lasts the rest of its 100 ms period: at most 90 ms
-    // of the 1 s run, plus the timer's lateness
+    // one CPU throttled at a time: the time throttled fits in the
+    // process's life (its start-up in the cgroup included, slow under
+    // emulation), plus one period for the timer's lateness
     let seconds = agent.scrape().value("sonde_cfs_throttled_seconds_sum", &labels);
-    within("sonde_cfs_throttled_seconds_sum", seconds, f64::MIN_POSITIVE, 1.5)?;
+    within("sonde_cfs_throttled_seconds_sum", seconds, 1e-9, lived + 0.1)?;
+    println!("cfs_throttle: {throttles} throttlings, nr_throttled {periods}, {seconds:.3} s throttled in {lived:.3} s");
     matrix("cfs_throttle", hook, "ok");
     Ok(Completion::Completed)
 }
