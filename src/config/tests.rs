@@ -223,7 +223,7 @@ const BAD: &[Bad] = &[
     bad("listen: 0.0.0.0:1\nprobes: ~\n", 2, 9, &["probes: no probes configured"]),
     bad("probes: [exec]\n", 1, 9, &["sequence", "mapping from probe name"]),
     bad("probes:\n  exec:\n  execve:\n", 3, 3,
-        &["unknown probe `execve`", "known probes: block_io, exec, exit, file_open, fs_latency, oom, page_cache, page_faults, process, signals, skb_drop, syscalls, tcp, vfs_io"]),
+        &["unknown probe `execve`", "known probes: block_io, cfs_throttle, exec, exit, file_open, fs_latency, oom, page_cache, page_faults, process, runqueue, signals, skb_drop, softirq, syscalls, tcp, vfs_io"]),
     bad("probes:\n  exec:\n  exit:\n  exec: {}\n", 4, 3, &["probe `exec` is configured twice"]),
     // per-probe settings
     bad("probes:\n  exec:\n    buckets: exp2\n", 3, 5,

@@ -5,6 +5,7 @@
 //! skeleton.
 
 mod block_io;
+mod cfs_throttle;
 pub mod custom;
 mod disk_names;
 mod exec;
@@ -16,8 +17,10 @@ mod oom;
 mod page_cache;
 mod page_faults;
 mod process;
+mod runqueue;
 mod signals;
 mod skb_drop;
+mod softirq;
 pub mod syscalls;
 mod tcp;
 mod vfs_io;
@@ -38,6 +41,7 @@ pub struct Builtin {
 
 const BUILTINS: &[Builtin] = &[
     block_io::PROBE,
+    cfs_throttle::PROBE,
     exec::PROBE,
     exit::PROBE,
     file_open::PROBE,
@@ -46,8 +50,10 @@ const BUILTINS: &[Builtin] = &[
     page_cache::PROBE,
     page_faults::PROBE,
     process::PROBE,
+    runqueue::PROBE,
     signals::PROBE,
     skb_drop::PROBE,
+    softirq::PROBE,
     syscalls::PROBE,
     tcp::PROBE,
     vfs_io::PROBE,

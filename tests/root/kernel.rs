@@ -111,6 +111,21 @@ const PROGRAM_NAMES: &[&str] = &[
     "pc_added",
     "pc_dirty_folio",
     "pc_dirty_page",
+    "handle_wakeup",
+    "handle_wakeup_new",
+    "handle_switch",
+    "handle_wakeup_tp",
+    "handle_wakeup_new_tp",
+    "handle_switch_tp",
+    "fexit_throttle_cfs_rq",
+    "fentry_unthrottle_cfs_rq",
+    "kprobe_throttle_cfs_rq",
+    "kretprobe_throttle_cfs_rq",
+    "kprobe_unthrottle_cfs_rq",
+    "handle_softirq_entry",
+    "handle_softirq_exit",
+    "handle_softirq_entry_tp",
+    "handle_softirq_exit_tp",
 ];
 
 /// Waits (up to 2 s: the kernel frees programs after the last reference

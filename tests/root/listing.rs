@@ -30,6 +30,7 @@ fn expected_hooks() -> Vec<(&'static str, Option<&'static str>)> {
     };
     vec![
         ("block_io", Some("tp_btf")),
+        ("cfs_throttle", best_function_hook),
         ("exec", Some("tracepoint")),
         ("exit", Some("tracepoint")),
         ("file_open", best_function_hook.or(Some("tracepoint"))),
@@ -38,8 +39,10 @@ fn expected_hooks() -> Vec<(&'static str, Option<&'static str>)> {
         ("page_cache", best_function_hook.or(Some("tracepoint"))),
         ("page_faults", best_function_hook.or(cfg!(target_arch = "x86_64").then_some("tracepoint"))),
         ("process", Some("tp_btf")),
+        ("runqueue", Some("tp_btf")),
         ("signals", Some("tracepoint")),
         ("skb_drop", Some("tp_btf")),
+        ("softirq", Some("tp_btf")),
         ("syscalls", Some("tp_btf")),
         ("tcp", Some("tracepoint")),
         ("vfs_io", best_function_hook),

@@ -25,6 +25,7 @@ mod memnet;
 mod pki;
 mod privileges;
 mod probes;
+mod sched;
 mod storage;
 mod tcp;
 mod web;
@@ -49,6 +50,7 @@ fn main() {
     trials.extend(fs_latency::trials());
     trials.extend(storage::trials());
     trials.extend(memnet::trials());
+    trials.extend(sched::trials());
     trials.extend(lifecycle::trials());
     trials.extend(listing::trials());
     trials.extend(foundation::trials());

@@ -42,6 +42,7 @@ pub fn dispatch() -> Option<i32> {
         Some("fork") => fork_children(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
         Some("catch-usr1") => catch_usr1_until_eof(),
         Some("allocate") => allocate_forever(),
+        Some("spin") => spin_on_one_cpu(args.get(3).and_then(|ms| ms.parse().ok()).unwrap_or(1000)),
         _ => 100,
     })
 }
@@ -104,6 +105,25 @@ fn allocate_forever() -> i32 {
         held.push(vec![1u8; 1 << 20]);
         std::hint::black_box(&held);
     }
+}
+
+/// Keeps CPU 0 busy for `ms` milliseconds of wall time. One CPU only, so
+/// that a CPU quota throttles one run queue per throttled period.
+fn spin_on_one_cpu(ms: u64) -> i32 {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this process.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if pinned != 0 {
+        return 101;
+    }
+    let until = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    0
 }
 
 /// `n` threads that wait until all of them run, then all end the process
