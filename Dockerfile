@@ -14,10 +14,11 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
-# clang compiles the BPF programs; libbpf links libelf and zlib, whose static
-# archives come with the -dev packages.
+# clang compiles the BPF programs (the same clang-19 scripts/setup-deps.sh
+# installs, so the image carries the programs the tests proved); libbpf links
+# libelf and zlib, whose static archives come with the -dev packages.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends clang libelf-dev zlib1g-dev pkg-config \
+ && apt-get install -y --no-install-recommends clang-19 libelf-dev zlib1g-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # A static-pie binary (glibc's crt-static, libbpf/libelf/zlib linked in), so

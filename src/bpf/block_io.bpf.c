@@ -41,6 +41,11 @@ const volatile enum block_key_layout key_layout_type = KEY_DEV_SHIFT;
 const volatile bool want_disk = true;
 const volatile bool want_op = true;
 
+/* Older kernels (5.10) pass block_rq_issue the request's queue before the
+ * request. User space reads the tracepoint's arity from the kernel's BTF:
+ * matching the prototype here would need clang 15 or later. */
+const volatile bool issue_has_queue = false;
+
 /* A request in flight: what the completion needs to count it. The task
  * fields are the issuer's, because the completion runs in interrupt
  * context on behalf of no one in particular. */
@@ -216,9 +221,6 @@ static __always_inline __u32 request_dev(struct request *rq)
 	return (__u32)BPF_CORE_READ(disk, major) << 20 | (__u32)BPF_CORE_READ(disk, first_minor);
 }
 
-/* Older kernels (5.10) pass the request's queue before the request. */
-typedef void (*btf_trace_block_rq_issue___with_queue)(void *, struct request_queue *, struct request *);
-
 SEC("tp_btf/block_rq_issue")
 int handle_rq_issue(__u64 *ctx)
 {
@@ -226,10 +228,16 @@ int handle_rq_issue(__u64 *ctx)
 	struct issue in;
 	__u64 id;
 
-	if (bpf_core_type_matches(btf_trace_block_rq_issue___with_queue))
+	/* Two loads, not one at a computed offset (the barrier keeps the
+	 * compiler from merging them): the verifier refuses a modified context
+	 * pointer, and skips the branch this kernel does not take, whose
+	 * argument does not exist here (the flag is a constant once loaded). */
+	if (issue_has_queue) {
 		rq = (struct request *)ctx[1];
-	else
+		barrier_var(rq);
+	} else {
 		rq = (struct request *)ctx[0];
+	}
 	if (!issue_start(&in, request_dev(rq), op_of_flags(BPF_CORE_READ(rq, cmd_flags)),
 			 BPF_CORE_READ(rq, __data_len)))
 		return 0;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::disk_names::{DiskNames, SYSFS_DEV_BLOCK};
+use super::kernel_btf::KernelBtf;
 use super::{keep, Builtin};
 use crate::decode::{decode, DecodeError, Decoded, Decoder};
 use crate::spec::{HookKind, HookSpec, MetricSpec, ProbeSettings, ProbeSpec, Unit};
@@ -47,7 +48,14 @@ fn spec() -> ProbeSpec {
 crate::loader::skeleton_loader!(BlockIoSkelBuilder, |rodata, settings| {
     rodata.want_disk = settings.has_label("disk");
     rodata.want_op = settings.has_label("op");
+    rodata.issue_has_queue = issue_has_queue(&KernelBtf::load());
 });
+
+/// Whether this kernel's `block_rq_issue` passes the request's queue before
+/// the request (5.10: context, queue, request; 5.11 on: context, request).
+fn issue_has_queue(kernel: &KernelBtf) -> bool {
+    kernel.param_count("btf_trace_block_rq_issue") == Some(3)
+}
 
 /// The key: the disk's device number above the op's byte, as the kernel
 /// builds it when it aggregates.

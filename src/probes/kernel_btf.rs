@@ -5,8 +5,8 @@
 //! for (a spec is built once, a decoder once per load), never cached: the
 //! libbpf handle is not shareable between threads.
 
-use libbpf_rs::btf::types::Enum;
-use libbpf_rs::btf::{Btf, BtfType};
+use libbpf_rs::btf::types::{Enum, FuncProto};
+use libbpf_rs::btf::{Btf, BtfKind, BtfType};
 
 /// The kernel's BTF, or nothing when it cannot be read: then every name
 /// counts as missing and names are not known.
@@ -37,6 +37,21 @@ impl KernelBtf {
         names.iter().copied().find(|name| self.has(name)).or_else(|| names.first().copied()).unwrap_or_default()
     }
 
+    /// How many parameters function `name`, or the function pointer a
+    /// typedef `name` stands for, takes here; None when the kernel has no
+    /// such function or typedef. A tracepoint's arguments are those of
+    /// typedef `btf_trace_<tp>` after its first (the context).
+    pub fn param_count(&self, name: &str) -> Option<usize> {
+        let mut ty = self.btf.as_ref()?.type_by_name::<BtfType<'_>>(name)?;
+        while ty.kind() != BtfKind::FuncProto {
+            match ty.kind() {
+                BtfKind::Func | BtfKind::Typedef | BtfKind::Ptr => ty = ty.next_type()?,
+                _ => return None,
+            }
+        }
+        FuncProto::try_from(ty).ok().map(|proto| proto.len())
+    }
+
     /// The (value, name) pairs of enum `name`, None when the kernel has no
     /// such enum.
     pub fn enum_values(&self, name: &str) -> Option<Vec<(i64, String)>> {
@@ -61,6 +76,7 @@ mod tests {
         assert!(!none.has("task_struct"));
         assert_eq!(none.first_present(&["folio_mark_accessed", "mark_page_accessed"]), "folio_mark_accessed");
         assert_eq!(none.enum_values("skb_drop_reason"), None);
+        assert_eq!(none.param_count("vfs_read"), None);
     }
 
     /// On a kernel with BTF (every kernel sonde supports), types and enums
@@ -77,5 +93,11 @@ mod tests {
         assert_eq!(kernel.first_present(&["no_such_type_in_any_kernel", "task_struct"]), "task_struct");
         let states = kernel.enum_values("pid_type").expect("enum pid_type");
         assert!(states.iter().any(|(value, name)| *value == 0 && name == "PIDTYPE_PID"), "{states:?}");
+        // vfs_read(file, buf, count, pos) on every supported kernel; a
+        // tracepoint's typedef counts its context first.
+        assert_eq!(kernel.param_count("vfs_read"), Some(4));
+        assert_eq!(kernel.param_count("btf_trace_sched_process_exec"), Some(4));
+        assert_eq!(kernel.param_count("task_struct"), None);
+        assert_eq!(kernel.param_count("no_such_function_in_any_kernel"), None);
     }
 }
