@@ -1116,6 +1116,50 @@ than 10 000 series: `exit_total` by `comm`, and `file_open` by `comm` and
 """
 
 
+# docs/benchmarks.md also carries what bench/service.py measured, between
+# these markers: each script rewrites only its own part of the file.
+SERVICE_BEGIN = "<!-- begin: bench/service.py -->"
+SERVICE_END = "<!-- end: bench/service.py -->"
+
+
+def service_section(path=None):
+    """The lines bench/service.py last wrote into docs/benchmarks.md, with
+    their markers; a pointer to the script when it has not written any."""
+    try:
+        with open(path or DOC) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    start, end = text.find(SERVICE_BEGIN), text.find(SERVICE_END)
+    if 0 <= start < end:
+        return text[start : end + len(SERVICE_END)].split("\n")
+    return [
+        SERVICE_BEGIN,
+        "## Each probe on a real service",
+        "",
+        "Not measured yet: `python3 bench/service.py --write` fills this section.",
+        SERVICE_END,
+    ]
+
+
+def splice_service_section(lines, path=None):
+    """Replaces bench/service.py's section of docs/benchmarks.md with
+    `lines` (appended before the raw numbers when there is none yet)."""
+    path = path or DOC
+    with open(path) as f:
+        text = f.read()
+    block = "\n".join([SERVICE_BEGIN, *lines, SERVICE_END])
+    start, end = text.find(SERVICE_BEGIN), text.find(SERVICE_END)
+    if 0 <= start < end:
+        text = text[:start] + block + text[end + len(SERVICE_END) :]
+    else:
+        at = text.find("\n## Raw numbers")
+        at = len(text) if at < 0 else at + 1
+        text = text[:at] + block + "\n\n" + text[at:]
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def render_doc(res, s, command):
     m = res["machine"]
     sonde_config_text = res["sonde_config"]["kernel"]
@@ -1174,6 +1218,8 @@ def render_doc(res, s, command):
         "## Agent",
         "",
         *other_tables(res),
+        *service_section(),
+        "",
         METHOD,
         "## Raw numbers",
         "",

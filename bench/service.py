@@ -859,6 +859,31 @@ def probe_table(cases, s):
     return lines
 
 
+def benchmarks_section(ctx, cases, s, command):
+    """What docs/benchmarks.md shows of this run: each probe's loss on
+    nginx and its kernel time per event; docs/cost.md has the rest."""
+    m = ctx.machine
+    return [
+        "## Each probe on a real service",
+        "",
+        f"nginx (1 worker) serving a {FILE_BYTES} B file to wrk, each built-in probe alone on its "
+        "default labels, then sonde's default config and every probe at once; loss is paired with "
+        f"a run without an agent in the same round, median of {ctx.args.rounds} round(s) of "
+        f"{ctx.args.seconds} s. Kernel {m['kernel']}, {m['date']}. The whole run (find, p99, "
+        "raw numbers, method) is in [cost.md](cost.md); reproduce with:",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        *nginx_table(cases, s),
+        "",
+        "Kernel time per program run under the same load (`--bpf-stats`):",
+        "",
+        *probe_table(cases, s),
+    ]
+
+
 def find_table(cases, s):
     lines = [
         "| case | s per run | slower % (median) | slower % (min – max) | agent CPU % | others' CPU % |",
@@ -1197,6 +1222,8 @@ def main():
         with open(DOC, "w") as f:
             f.write(render_doc(ctx, cases, s, rounds, command.strip(), run_seconds))
         log(f"wrote {DOC}")
+        harness.splice_service_section(benchmarks_section(ctx, cases, s, command.strip()))
+        log(f"wrote its section of {harness.DOC}")
     return 0
 
 
