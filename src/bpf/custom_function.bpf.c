@@ -196,15 +196,20 @@ int custom_kretprobe(struct pt_regs *ctx)
 #pragma unroll
 	for (__u32 i = 0; i < MAX_FIELDS; i++) {
 		__u32 arg = fields[i].offset;
+		__u64 raw = 0;
 
 		if (fields[i].kind == FIELD_NONE)
 			continue;
-		if (arg == ret_index)
-			v->numbers[i] = PT_REGS_RC(ctx);
-		else if (saved && arg < MAX_ARGS)
-			v->numbers[i] = saved->args[arg];
-		else
-			v->numbers[i] = 0;
+		/* barrier_var: two loads, not one from a select of the context
+		 * and the map value (the verifier refuses a moved ctx) */
+		if (arg == ret_index) {
+			raw = PT_REGS_RC(ctx);
+			barrier_var(raw);
+		} else if (saved && arg < MAX_ARGS) {
+			raw = saved->args[arg];
+			barrier_var(raw);
+		}
+		v->numbers[i] = raw;
 		if (!finish_field(i, v))
 			goto done;
 	}

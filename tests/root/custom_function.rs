@@ -16,6 +16,9 @@ const LEN: usize = 700;
 
 pub fn trials() -> Vec<Trial> {
     let mut trials = vec![Trial::test("custom_function_errors_are_located", located_errors)];
+    if !kernel::has_kprobes() {
+        trials.push(Trial::test("custom_function_kprobe_programs_pass_the_verifier_without_kprobes", verified));
+    }
     let hooks = kernel::has_kprobes() || kernel::expects_fentry();
     let best = |entry: &'static str, ret: &'static str| if kernel::expects_fentry() { entry } else { ret };
     let counting: [(&str, &str, Option<&str>, &str); 4] = [
@@ -80,6 +83,51 @@ fn vfs_read_calls(key: &str, hook: Option<&str>, used: &str) -> Result<(), Faile
     let all: f64 = m.series("sonde_reads_total").iter().map(|(_, v)| v).sum();
     check("sonde_reads_total over all series", all, READS as f64)?;
     println!("SONDE_MATRIX probe=custom_{key} hook={used} result=ok");
+    Ok(())
+}
+
+/// Without kprobes the kernel still loads (verifies) kprobe programs and
+/// only attaching them fails: every generic kprobe program, with numbers,
+/// strings, filters and a kretprobe's saved arguments, gets that far.
+fn verified() -> Result<(), Failed> {
+    let yaml = "probes:
+  entry_numbers:
+    kprobe: vfs_read
+    hook: kprobe
+    labels: [comm, count]
+    value: count
+    filter: {comm: [cat], fields: {pos: [0], count: [1, 2]}}
+  return_and_saved_args:
+    kretprobe: vfs_read
+    hook: kretprobe
+    labels: [count]
+    value: ret
+  entry_string:
+    kprobe: do_sys_openat2
+    hook: kprobe
+    labels: [filename, dfd]
+    filter: {fields: {filename: [/etc/passwd]}}
+  return_string_filter:
+    kretprobe: kern_path
+    hook: kretprobe
+    labels: [name, flags, ret]
+    filter: {fields: {name: [/x, /y]}}
+";
+    let config = ConfigFile::new(yaml);
+    let out = sonde(&["check", "--attach", "--config", &config.path.display().to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (probe, program, function) in [
+        ("entry_numbers", "custom_kprobe", "vfs_read"),
+        ("return_and_saved_args", "custom_kretprobe_entry", "vfs_read"),
+        ("entry_string", "custom_kprobe", "do_sys_openat2"),
+        ("return_string_filter", "custom_kretprobe_entry", "kern_path"),
+    ] {
+        let want = format!("attaching {program} to kprobe {function} failed");
+        let line = stdout.lines().find(|l| l.starts_with(probe)).unwrap_or_default();
+        if !line.contains(&want) {
+            return Err(format!("{probe}: want {want:?} (loaded, then no kprobes), got {line:?}").into());
+        }
+    }
     Ok(())
 }
 
