@@ -54,15 +54,16 @@ fn check(what: &str, got: f64, want: f64) -> Result<(), Failed> {
 }
 
 /// A uniquely named thread preads LEN bytes READS times: on `key:
-/// vfs_read` with a comm filter, exactly READS events, and a value (the
-/// `count` argument at entry, the return value at return) summing to
+/// vfs_read` with a comm filter, exactly READS events, labelled by the
+/// `count` argument (at return: saved at entry, for a kretprobe), and a
+/// value (`count` at entry, the return value at return) summing to
 /// READS × LEN bytes, on hook `used` (`hook:` forced when given).
 fn vfs_read_calls(key: &str, hook: Option<&str>, used: &str) -> Result<(), Failed> {
     let comm = workload::unique_comm("kfn");
     let value = if key == "kretprobe" { "ret" } else { "count" };
     let hook = hook.map(|h| format!("    hook: {h}\n")).unwrap_or_default();
     let yaml = format!(
-        "probes:\n  reads:\n    {key}: vfs_read\n{hook}    value: {value}\n    unit: bytes\n    labels: [comm]\n    \
+        "probes:\n  reads:\n    {key}: vfs_read\n{hook}    value: {value}\n    unit: bytes\n    labels: [comm, count]\n    \
          filter: {{comm: [{comm}]}}\n"
     );
     let agent = Agent::start(&yaml, &[]);
@@ -74,12 +75,13 @@ fn vfs_read_calls(key: &str, hook: Option<&str>, used: &str) -> Result<(), Faile
     let file = ConfigFile::new(&"r".repeat(LEN));
     let path = file.path.clone();
     workload::on_named_thread(&comm, move || workload::pread_file(&path, LEN, READS));
-    let labels = [("comm", comm.as_str())];
+    let len = LEN.to_string();
+    let labels = [("comm", comm.as_str()), ("count", len.as_str())];
     let count = agent.settle(READS as f64, |m| m.value("sonde_reads_total", &labels));
-    check("sonde_reads_total{comm}", count, READS as f64)?;
+    check("sonde_reads_total{comm,count}", count, READS as f64)?;
     let m = agent.scrape();
-    check("sonde_reads_bytes_count{comm}", m.value("sonde_reads_bytes_count", &labels), READS as f64)?;
-    check("sonde_reads_bytes_sum{comm}", m.value("sonde_reads_bytes_sum", &labels), (READS * LEN) as f64)?;
+    check("sonde_reads_bytes_count{comm,count}", m.value("sonde_reads_bytes_count", &labels), READS as f64)?;
+    check("sonde_reads_bytes_sum{comm,count}", m.value("sonde_reads_bytes_sum", &labels), (READS * LEN) as f64)?;
     let all: f64 = m.series("sonde_reads_total").iter().map(|(_, v)| v).sum();
     check("sonde_reads_total over all series", all, READS as f64)?;
     println!("SONDE_MATRIX probe=custom_{key} hook={used} result=ok");
