@@ -95,17 +95,6 @@ pub enum HookPoint {
     Function { name: String, ret: bool, arg_count: u16 },
 }
 
-impl HookPoint {
-    /// How the config names it: `tracepoint x/y`, `kprobe f`, `kretprobe f`.
-    pub fn describe(&self) -> String {
-        match self {
-            HookPoint::Tracepoint(target) => format!("tracepoint {target}"),
-            HookPoint::Function { name, ret: false, .. } => format!("kprobe {name}"),
-            HookPoint::Function { name, ret: true, .. } => format!("kretprobe {name}"),
-        }
-    }
-}
-
 /// What the probe does with a field; one field may serve several roles.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Roles {
