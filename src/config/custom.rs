@@ -1,7 +1,9 @@
 //! Probes defined in the config: a name that is no built-in probe's, with
-//! `tracepoint: group/name`. The tracepoint's fields come from the running
-//! kernel (`spec::HookSchemas`), so a label, value or filter naming a field
-//! it lacks is refused at its own line and column, like any config error.
+//! `tracepoint: group/name`, `kprobe: function` or `kretprobe: function`.
+//! The tracepoint's fields and the function's arguments come from the
+//! running kernel (`spec::HookSchemas`), so a label, value or filter naming
+//! a field it lacks is refused at its own line and column, like any config
+//! error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,8 +13,9 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 
 use super::probes::{BucketsSeed, CommList, Pid};
 use super::scalar::{quoted, scalar, OneOf, Scalar};
+use crate::probes::custom as programs;
 use crate::spec::custom::{
-    CustomProbe, Field, FieldFilter, FieldKind, Roles, Slot, MAX_FIELDS, MAX_FILTER_STRING_BYTES,
+    CustomProbe, Field, FieldFilter, FieldKind, HookPoint, Roles, Slot, MAX_ARGS, MAX_FIELDS, MAX_FILTER_STRING_BYTES,
     MAX_NUMBER_FILTER_VALUES, MAX_STRING_FILTER_VALUES,
 };
 use crate::spec::{
@@ -20,8 +23,8 @@ use crate::spec::{
 };
 
 /// The keys that make a probe config-defined.
-pub const HOOK_KEYS: &[&str] = &["tracepoint"];
-const KEYS: &[&str] = &["tracepoint", "labels", "filter", "value", "unit", "buckets"];
+pub const HOOK_KEYS: &[&str] = &["tracepoint", "kprobe", "kretprobe"];
+const KEYS: &[&str] = &["tracepoint", "kprobe", "kretprobe", "hook", "labels", "filter", "value", "unit", "buckets"];
 
 /// The probes a config defines and their hook points, from a first look at
 /// the YAML: it tells a config-defined probe from a misspelt built-in at
@@ -29,7 +32,8 @@ const KEYS: &[&str] = &["tracepoint", "labels", "filter", "value", "unit", "buck
 /// before the hook key.
 #[derive(Debug, Default)]
 pub struct Defined {
-    targets: BTreeMap<String, Option<String>>,
+    /// By probe name: its first hook key and that key's target.
+    targets: BTreeMap<String, (&'static str, Option<String>)>,
 }
 
 impl Defined {
@@ -41,8 +45,12 @@ impl Defined {
         if let Some(probes) = value.get("probes").and_then(|p| p.as_mapping()) {
             for (name, settings) in probes {
                 let (Some(name), Some(settings)) = (name.as_str(), settings.as_mapping()) else { continue };
-                if let Some(hook) = HOOK_KEYS.iter().find_map(|k| settings.get(*k)) {
-                    targets.insert(name.to_string(), hook.as_str().map(str::to_string));
+                let first_hook = settings.iter().find_map(|(key, target)| {
+                    let key = HOOK_KEYS.iter().find(|k| key.as_str() == Some(**k))?;
+                    Some((*key, target.as_str().map(str::to_string)))
+                });
+                if let Some(hook) = first_hook {
+                    targets.insert(name.to_string(), hook);
                 }
             }
         }
@@ -53,8 +61,12 @@ impl Defined {
         self.targets.contains_key(name)
     }
 
-    fn target(&self, name: &str) -> Option<&str> {
-        self.targets.get(name).and_then(|t| t.as_deref())
+    /// The probe's hook key and target ("" when the target is no string).
+    fn target(&self, name: &str) -> (&'static str, &str) {
+        match self.targets.get(name) {
+            Some((key, target)) => (key, target.as_deref().unwrap_or_default()),
+            None => (HOOK_KEYS[0], ""),
+        }
     }
 }
 
@@ -102,9 +114,16 @@ impl<'de> DeserializeSeed<'de> for CustomSettings<'_> {
 
 /// What the settings say so far.
 struct Draft {
-    /// The tracepoint's fields, or why there are none.
+    /// The hook key the probe is defined by, and its target, as scanned.
+    hook_key: &'static str,
+    scanned_target: String,
+    /// The tracepoint's fields or the function's arguments (and `ret` for
+    /// a kretprobe), or why there are none.
     schema: Result<Vec<Field>, String>,
+    /// The function's arguments, read or not (0 for a tracepoint).
+    arg_count: u16,
     target: Option<String>,
+    hook: HookChoice,
     /// Label names in config order, each with its field if it shows one.
     labels: Vec<(String, Option<String>)>,
     value: Option<String>,
@@ -115,8 +134,79 @@ struct Draft {
 }
 
 impl Draft {
+    fn new(hook_key: &'static str, scanned_target: &str, catalog: &Catalog) -> Draft {
+        let (schema, arg_count) = match catalog.schemas() {
+            None => (Err("config-defined probes need the running kernel's formats and BTF".to_string()), 0),
+            Some(schemas) if hook_key == "tracepoint" => (schemas.tracepoint(scanned_target), 0),
+            Some(schemas) => match schemas.function(scanned_target) {
+                Ok(prototype) => {
+                    let mut fields = prototype.args;
+                    if hook_key == "kretprobe" {
+                        // `ret` names the return value, not an argument of that name
+                        fields.retain(|f| f.name != "ret");
+                        fields.extend(prototype.ret);
+                    }
+                    (Ok(fields), prototype.arg_count)
+                }
+                Err(err) => (Err(err), 0),
+            },
+        };
+        Draft {
+            hook_key,
+            scanned_target: scanned_target.to_string(),
+            schema,
+            arg_count,
+            target: None,
+            hook: HookChoice::Auto,
+            labels: Vec::new(),
+            value: None,
+            unit: Unit::None,
+            filter: Filter::default(),
+            field_filters: Vec::new(),
+            buckets: Buckets::Exp2,
+        }
+    }
+
     fn fields(&self) -> Result<&[Field], String> {
         self.schema.as_deref().map_err(Clone::clone)
+    }
+
+    fn is_function(&self) -> bool {
+        self.hook_key != "tracepoint"
+    }
+
+    /// The hook point and what its fields are called, for messages.
+    fn what(&self) -> (String, &'static str) {
+        if self.is_function() {
+            (format!("function `{}`", self.scanned_target), "argument")
+        } else {
+            (format!("tracepoint `{}`", self.scanned_target), "field")
+        }
+    }
+
+    /// Field `name`, if the probe can read it.
+    fn field(&self, name: &str) -> Result<&Field, String> {
+        let fields = self.fields()?;
+        let Some(field) = fields.iter().find(|f| f.name == name) else {
+            let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+            let (what, noun) = self.what();
+            return Err(format!("{what} has no {noun} {}; its {noun}s: {}", quoted(name), names.join(", ")));
+        };
+        self.readable(field)?;
+        Ok(field)
+    }
+
+    /// Fails for an argument past the ones a probe reads.
+    fn readable(&self, field: &Field) -> Result<(), String> {
+        if !self.is_function() || field.offset >= self.arg_count || usize::from(field.offset) < MAX_ARGS {
+            return Ok(());
+        }
+        Err(format!(
+            "argument `{}` is argument {} of function `{}`: function probes read the first {MAX_ARGS} arguments",
+            field.name,
+            field.offset + 1,
+            self.scanned_target
+        ))
     }
 
     /// The fields read so far, by name.
@@ -141,13 +231,6 @@ impl Draft {
     }
 }
 
-fn find_field<'f>(fields: &'f [Field], name: &str, target: &str) -> Result<&'f Field, String> {
-    fields.iter().find(|f| f.name == name).ok_or_else(|| {
-        let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-        format!("tracepoint `{target}` has no field {}; its fields: {}", quoted(name), names.join(", "))
-    })
-}
-
 impl<'de> Visitor<'de> for CustomSettings<'_> {
     type Value = ProbeSettings;
 
@@ -156,32 +239,23 @@ impl<'de> Visitor<'de> for CustomSettings<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProbeSettings, A::Error> {
-        let target = self.defined.target(&self.name).unwrap_or_default().to_string();
-        let schema = match self.catalog.schemas() {
-            Some(schemas) => schemas.tracepoint(&target),
-            None => Err("config-defined probes need the running kernel's tracepoint formats".to_string()),
-        };
-        let mut draft = Draft {
-            schema,
-            target: None,
-            labels: Vec::new(),
-            value: None,
-            unit: Unit::None,
-            filter: Filter::default(),
-            field_filters: Vec::new(),
-            buckets: Buckets::Exp2,
-        };
+        let (hook_key, target) = self.defined.target(&self.name);
+        let mut draft = Draft::new(hook_key, target, self.catalog);
         let mut seen = BTreeSet::new();
         while let Some(key) = map.next_key_seed(OneOf { keys: KEYS, what: "config-defined probe", seen: &seen })? {
+            let other_hook = HOOK_KEYS.iter().copied().find(|k| seen.contains(k));
             seen.insert(key);
             match key {
-                "tracepoint" => draft.target = Some(map.next_value_seed(Tracepoint { draft: &draft })?),
-                "labels" => draft.labels = map.next_value_seed(Labels { draft: &draft, target: &target })?,
-                "value" => draft.value = Some(map.next_value_seed(Value { draft: &draft, target: &target })?),
+                "tracepoint" | "kprobe" | "kretprobe" => {
+                    draft.target = Some(map.next_value_seed(Target { draft: &draft, key, other_hook })?)
+                }
+                "hook" => draft.hook = map.next_value_seed(HookSeed { hook_key })?,
+                "labels" => draft.labels = map.next_value_seed(Labels { draft: &draft })?,
+                "value" => draft.value = Some(map.next_value_seed(Value { draft: &draft })?),
                 "unit" => draft.unit = map.next_value_seed(UnitSeed)?,
                 "buckets" => draft.buckets = map.next_value_seed(BucketsSeed)?,
                 "filter" => {
-                    let (filter, fields) = map.next_value_seed(FilterSeed { draft: &draft, target: &target })?;
+                    let (filter, fields) = map.next_value_seed(FilterSeed { draft: &draft })?;
                     draft.filter = filter;
                     draft.field_filters = fields;
                 }
@@ -196,11 +270,12 @@ impl<'de> Visitor<'de> for CustomSettings<'_> {
 }
 
 fn build(name: String, draft: Draft) -> Result<ProbeSettings, String> {
-    let target = draft.target.clone().ok_or("a config-defined probe needs `tracepoint: group/name`")?;
-    let fields = draft.fields()?;
+    let target = draft.target.clone().ok_or(
+        "a config-defined probe needs one of `tracepoint: group/name`, `kprobe: function`, `kretprobe: function`",
+    )?;
     let mut slots: Vec<Slot> = Vec::new();
     for field_name in draft.used() {
-        let field = find_field(fields, field_name, &target)?.clone();
+        let field = draft.field(field_name)?.clone();
         let roles = Roles {
             label: draft.labels.iter().find(|(_, f)| f.as_deref() == Some(field_name)).map(|(l, _)| l.clone()),
             value: draft.value.as_deref() == Some(field_name),
@@ -210,38 +285,92 @@ fn build(name: String, draft: Draft) -> Result<ProbeSettings, String> {
     }
     let event_labels: Vec<&str> = draft.labels.iter().filter(|(_, f)| f.is_some()).map(|(l, _)| l.as_str()).collect();
     let labels: Vec<&str> = draft.labels.iter().map(|(l, _)| l.as_str()).collect();
-    let summary = format!("Config-defined: events of tracepoint {target}.");
-    let mut spec = ProbeSpec::new(&name, &summary, &event_labels, &labels)
-        .hook(HookSpec::new(HookKind::Tracepoint, &[(crate::probes::custom::TRACEPOINT_PROGRAM, &target)]))
-        .metric(MetricSpec::counter(&format!("{name}_total"), &format!("Events of tracepoint {target}.")));
+    let point = match draft.hook_key {
+        "tracepoint" => HookPoint::Tracepoint(target),
+        key => HookPoint::Function { name: target, ret: key == "kretprobe", arg_count: draft.arg_count },
+    };
+    let custom = CustomProbe::new(point, slots);
+    let (events, noun) = match &custom.point {
+        HookPoint::Tracepoint(target) => (format!("events of tracepoint {target}"), "Field"),
+        HookPoint::Function { name, ret: false, .. } => (format!("calls of kernel function {name}"), "Argument"),
+        HookPoint::Function { name, ret: true, .. } => (format!("returns from kernel function {name}"), "Argument"),
+    };
+    let mut spec = ProbeSpec::new(&name, &format!("Config-defined: {events}."), &event_labels, &labels)
+        .metric(MetricSpec::counter(&format!("{name}_total"), &format!("Config-defined: {events}.")));
+    for hook in hooks(&custom) {
+        spec = spec.hook(hook);
+    }
     if let Some(value) = &draft.value {
         let (suffix, unit_help) = match draft.unit {
-            Unit::Seconds => ("seconds", " (the field counts nanoseconds)"),
+            Unit::Seconds => ("seconds", " (it counts nanoseconds)"),
             Unit::Bytes => ("bytes", ""),
             Unit::None => ("value", ""),
         };
-        let help = format!("Field `{value}` of tracepoint {target}{unit_help}.");
+        let noun = if value == "ret" && draft.hook_key == "kretprobe" { "Return value" } else { noun };
+        let help = format!("{noun} `{value}` of the {events}{unit_help}.");
         spec = spec.metric(MetricSpec::histogram(&format!("{name}_{suffix}"), draft.unit, &help));
     }
-    spec.custom = Some(CustomProbe::new(target, slots));
+    spec.custom = Some(custom);
     let mut settings = ProbeSettings::defaults(Arc::new(spec));
     settings.filter = draft.filter;
     settings.buckets = draft.buckets;
-    settings.hook = HookChoice::Auto;
+    settings.hook = draft.hook;
     Ok(settings)
 }
 
-struct Tracepoint<'a> {
-    draft: &'a Draft,
+/// The hooks of a probe, in order of preference: a function's entry by
+/// fentry, else a kprobe; its return by fexit, else a kretprobe (with a
+/// kprobe at entry that saves the arguments it reads).
+fn hooks(custom: &CustomProbe) -> Vec<HookSpec> {
+    match &custom.point {
+        HookPoint::Tracepoint(target) => {
+            vec![HookSpec::new(HookKind::Tracepoint, &[(programs::TRACEPOINT_PROGRAM, target)])]
+        }
+        HookPoint::Function { name, ret: false, .. } => vec![
+            HookSpec::new(HookKind::Fentry, &[(programs::FENTRY_PROGRAM, name)]),
+            HookSpec::new(HookKind::Kprobe, &[(programs::KPROBE_PROGRAM, name)]),
+        ],
+        HookPoint::Function { name, ret: true, .. } => {
+            let fexit = format!("{name} (fexit)");
+            let kretprobe = format!("{name} (return)");
+            let mut programs = vec![(programs::KRETPROBE_PROGRAM, kretprobe.as_str())];
+            if custom.reads_args() {
+                programs.insert(0, (programs::KRETPROBE_ENTRY_PROGRAM, name.as_str()));
+            }
+            vec![
+                HookSpec::new(HookKind::Fentry, &[(programs::FEXIT_PROGRAM, &fexit)]),
+                HookSpec::new(HookKind::Kprobe, &programs),
+            ]
+        }
+    }
 }
 
-impl<'de> DeserializeSeed<'de> for Tracepoint<'_> {
+/// The target of hook key `key`: a tracepoint or a function the running
+/// kernel has.
+struct Target<'a> {
+    draft: &'a Draft,
+    key: &'static str,
+    /// A hook key given before this one.
+    other_hook: Option<&'static str>,
+}
+
+impl<'de> DeserializeSeed<'de> for Target<'_> {
     type Value = String;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        scalar(d, "a tracepoint (group/name)", |v| {
+        scalar(d, "a hook point", |v| {
+            if let Some(other) = self.other_hook {
+                return Err(format!(
+                    "`{other}:` and `{}:` are both given: a config-defined probe hooks one point",
+                    self.key
+                ));
+            }
             let Scalar::Str(target) = v else {
-                return Err(format!("expected a tracepoint as group/name, found {v}"));
+                return Err(if self.key == "tracepoint" {
+                    format!("expected a tracepoint as group/name, found {v}")
+                } else {
+                    format!("expected a kernel function's name, found {v}")
+                });
             };
             self.draft.fields()?;
             Ok(target.to_string())
@@ -249,9 +378,41 @@ impl<'de> DeserializeSeed<'de> for Tracepoint<'_> {
     }
 }
 
+/// `hook:` of a config-defined probe: which of its hooks to use.
+struct HookSeed {
+    hook_key: &'static str,
+}
+
+impl<'de> DeserializeSeed<'de> for HookSeed {
+    type Value = HookChoice;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<HookChoice, D::Error> {
+        let choices: &[(&str, HookChoice)] = match self.hook_key {
+            "kprobe" => &[
+                ("auto", HookChoice::Auto),
+                ("fentry", HookChoice::Only(HookKind::Fentry)),
+                ("kprobe", HookChoice::Only(HookKind::Kprobe)),
+            ],
+            "kretprobe" => &[
+                ("auto", HookChoice::Auto),
+                ("fexit", HookChoice::Only(HookKind::Fentry)),
+                ("kretprobe", HookChoice::Only(HookKind::Kprobe)),
+            ],
+            _ => &[("auto", HookChoice::Auto), ("tracepoint", HookChoice::Only(HookKind::Tracepoint))],
+        };
+        scalar(d, "a hook kind", |v| {
+            choices.iter().find(|(name, _)| matches!(v, Scalar::Str(s) if s == *name)).map(|(_, c)| *c).ok_or_else(
+                || {
+                    let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                    format!("hook {v} does not fit a `{}:` probe; expected one of: {}", self.hook_key, names.join(", "))
+                },
+            )
+        })
+    }
+}
+
 struct Labels<'a> {
     draft: &'a Draft,
-    target: &'a str,
 }
 
 impl<'de> DeserializeSeed<'de> for Labels<'_> {
@@ -271,9 +432,7 @@ impl<'de> Visitor<'de> for Labels<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut labels: Vec<(String, Option<String>)> = Vec::new();
-        while let Some(label) =
-            seq.next_element_seed(LabelName { draft: self.draft, target: self.target, seen: &labels })?
-        {
+        while let Some(label) = seq.next_element_seed(LabelName { draft: self.draft, seen: &labels })? {
             labels.push(label);
         }
         Ok(labels)
@@ -282,7 +441,6 @@ impl<'de> Visitor<'de> for Labels<'_> {
 
 struct LabelName<'a> {
     draft: &'a Draft,
-    target: &'a str,
     seen: &'a [(String, Option<String>)],
 }
 
@@ -304,13 +462,14 @@ impl<'de> DeserializeSeed<'de> for LabelName<'_> {
             let Some(field) = fields.iter().find(|f| label_of(f) == name) else {
                 let mut known: Vec<String> = COMMON_LABELS.iter().map(|(l, _)| l.to_string()).collect();
                 known.extend(fields.iter().map(label_of));
+                let (what, noun) = self.draft.what();
                 return Err(format!(
-                    "tracepoint `{}` has no field {} to label by; labels it can carry: {}",
-                    self.target,
+                    "{what} has no {noun} {} to label by; labels it can carry: {}",
                     quoted(name),
                     known.join(", ")
                 ));
             };
+            self.draft.readable(field)?;
             self.draft.room_for(&field.name)?;
             Ok((name.to_string(), Some(field.name.clone())))
         })
@@ -319,7 +478,6 @@ impl<'de> DeserializeSeed<'de> for LabelName<'_> {
 
 struct Value<'a> {
     draft: &'a Draft,
-    target: &'a str,
 }
 
 impl<'de> DeserializeSeed<'de> for Value<'_> {
@@ -330,10 +488,16 @@ impl<'de> DeserializeSeed<'de> for Value<'_> {
             let Scalar::Str(name) = v else {
                 return Err(format!("expected a field name, found {v}"));
             };
-            let field = find_field(self.draft.fields()?, name, self.target)?;
-            if field.kind.is_string() {
+            let field = self.draft.field(name)?;
+            let (_, noun) = self.draft.what();
+            let not_a_number = match field.kind {
+                FieldKind::Number { .. } => None,
+                FieldKind::Pointer => Some("a pointer"),
+                _ => Some("a string"),
+            };
+            if let Some(what) = not_a_number {
                 return Err(format!(
-                    "field `{name}` ({}) is a string, not a number: `value` takes a numeric field",
+                    "{noun} `{name}` ({}) is {what}, not a number: `value` takes a numeric {noun}",
                     field.c_type
                 ));
             }
@@ -362,7 +526,6 @@ impl<'de> DeserializeSeed<'de> for UnitSeed {
 
 struct FilterSeed<'a> {
     draft: &'a Draft,
-    target: &'a str,
 }
 
 type FieldFilters = Vec<(String, FieldFilter)>;
@@ -392,9 +555,7 @@ impl<'de> Visitor<'de> for FilterSeed<'_> {
             match key {
                 "comm" => filter.comm = map.next_value_seed(CommList)?,
                 "pid" => filter.pid = map.next_value_seed(Pid)?,
-                "fields" => {
-                    fields = map.next_value_seed(FieldFiltersSeed { draft: self.draft, target: self.target })?
-                }
+                "fields" => fields = map.next_value_seed(FieldFiltersSeed { draft: self.draft })?,
                 _ => unreachable!("OneOf only yields FILTER_KEYS"),
             }
         }
@@ -404,7 +565,6 @@ impl<'de> Visitor<'de> for FilterSeed<'_> {
 
 struct FieldFiltersSeed<'a> {
     draft: &'a Draft,
-    target: &'a str,
 }
 
 impl<'de> DeserializeSeed<'de> for FieldFiltersSeed<'_> {
@@ -424,7 +584,7 @@ impl<'de> Visitor<'de> for FieldFiltersSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out: FieldFilters = Vec::new();
-        while let Some(field) = map.next_key_seed(FilterField { draft: self.draft, target: self.target, seen: &out })? {
+        while let Some(field) = map.next_key_seed(FilterField { draft: self.draft, seen: &out })? {
             let values = map.next_value_seed(FilterValues { field: &field })?;
             out.push((field.name, values));
         }
@@ -434,7 +594,6 @@ impl<'de> Visitor<'de> for FieldFiltersSeed<'_> {
 
 struct FilterField<'a> {
     draft: &'a Draft,
-    target: &'a str,
     seen: &'a [(String, FieldFilter)],
 }
 
@@ -446,7 +605,7 @@ impl<'de> DeserializeSeed<'de> for FilterField<'_> {
             let Scalar::Str(name) = v else {
                 return Err(format!("expected a field name, found {v}"));
             };
-            let field = find_field(self.draft.fields()?, name, self.target)?;
+            let field = self.draft.field(name)?;
             if self.seen.iter().any(|(f, _)| f == name) {
                 return Err(format!("field `{name}` is filtered twice"));
             }
@@ -518,8 +677,13 @@ impl<'de> DeserializeSeed<'de> for FilterValue<'_> {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<FilterValueOf, D::Error> {
         let field = self.field;
-        scalar(d, "a field value", |v| match field.kind {
-            FieldKind::Number { signed } => {
+        let number = match field.kind {
+            FieldKind::Number { signed } => Some(signed),
+            FieldKind::Pointer => Some(false),
+            _ => None,
+        };
+        scalar(d, "a field value", |v| match number {
+            Some(signed) => {
                 if self.count >= MAX_NUMBER_FILTER_VALUES {
                     return Err(format!("a field filter keeps at most {MAX_NUMBER_FILTER_VALUES} numbers"));
                 }
@@ -530,7 +694,7 @@ impl<'de> DeserializeSeed<'de> for FilterValue<'_> {
                     format!("{n} does not fit field `{}` ({}, {} bytes)", field.name, field.c_type, field.size)
                 })
             }
-            _ => {
+            None => {
                 if self.count >= MAX_STRING_FILTER_VALUES {
                     return Err(format!("a field filter keeps at most {MAX_STRING_FILTER_VALUES} strings"));
                 }
@@ -590,6 +754,12 @@ mod tests {
                 _ => return Err(format!("unknown tracepoint `{target}`")),
             };
             Ok(crate::probes::custom::format::parse(text, target.starts_with("syscalls/")))
+        }
+
+        /// Functions are the running kernel's: every kernel sonde runs on
+        /// has BTF, and vfs_read(file, buf, count, pos) in it.
+        fn function(&self, name: &str) -> Result<crate::spec::custom::Prototype, String> {
+            crate::probes::custom::KernelSchemas.function(name)
         }
     }
 
@@ -658,6 +828,96 @@ mod tests {
         assert_eq!(number_in_field(-1, 4, false), None);
         assert_eq!(number_in_field(256, 1, false), None);
         assert_eq!(number_in_field(u64::MAX as i128, 8, false), Some(u64::MAX));
+    }
+
+    fn hook_programs(settings: &ProbeSettings) -> Vec<(HookKind, Vec<(String, String)>)> {
+        let programs = |h: &HookSpec| h.programs.iter().map(|p| (p.program.clone(), p.target.clone())).collect();
+        settings.spec.hooks.iter().map(|h| (h.kind, programs(h))).collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn a_kprobe_reads_the_functions_arguments_from_its_btf() {
+        let config = parse(
+            "probes:\n  reads:\n    kprobe: vfs_read\n    labels: [comm, count]\n    value: count\n    unit: bytes\n    \
+             filter: {comm: [cat], fields: {pos: [0]}}\n",
+        )
+        .expect("parses");
+        let settings = &config.probes[0];
+        assert_eq!(settings.hook, HookChoice::Auto);
+        assert_eq!(
+            hook_programs(settings),
+            [
+                (HookKind::Fentry, pairs(&[("custom_fentry", "vfs_read")])),
+                (HookKind::Kprobe, pairs(&[("custom_kprobe", "vfs_read")])),
+            ]
+        );
+        let names: Vec<&str> = settings.spec.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["reads_total", "reads_bytes"]);
+        let custom = settings.spec.custom.as_ref().expect("custom");
+        assert_eq!(custom.point, HookPoint::Function { name: "vfs_read".into(), ret: false, arg_count: 4 });
+        let read: Vec<(&str, u16, bool)> =
+            custom.slots.iter().map(|s| (s.field.name.as_str(), s.field.offset, s.recorded())).collect();
+        assert_eq!(read, [("count", 2, true), ("pos", 3, false)]);
+        assert!(custom.reads_args());
+    }
+
+    #[test]
+    fn a_kretprobe_reads_ret_and_saves_arguments_only_when_it_reads_them() {
+        let config =
+            parse("probes:\n  got:\n    kretprobe: vfs_read\n    value: ret\n    hook: kretprobe\n").expect("parses");
+        let settings = &config.probes[0];
+        assert_eq!(settings.hook, HookChoice::Only(HookKind::Kprobe));
+        assert_eq!(
+            hook_programs(settings),
+            [
+                (HookKind::Fentry, pairs(&[("custom_fexit", "vfs_read (fexit)")])),
+                (HookKind::Kprobe, pairs(&[("custom_kretprobe", "vfs_read (return)")])),
+            ]
+        );
+        let custom = settings.spec.custom.as_ref().expect("custom");
+        let ret = custom.value_slot().expect("ret");
+        assert_eq!((ret.field.offset, ret.field.kind), (4, FieldKind::Number { signed: true }));
+        assert!(!custom.reads_args());
+
+        let config =
+            parse("probes:\n  got:\n    kretprobe: vfs_read\n    labels: [count]\n    hook: fexit\n").expect("parses");
+        let settings = &config.probes[0];
+        assert_eq!(settings.hook, HookChoice::Only(HookKind::Fentry));
+        let kprobe = &hook_programs(settings)[1].1;
+        assert_eq!(
+            *kprobe,
+            pairs(&[("custom_kretprobe_entry", "vfs_read"), ("custom_kretprobe", "vfs_read (return)")])
+        );
+    }
+
+    #[test]
+    fn function_probe_errors_are_located() {
+        let cases: &[(&str, &str)] = &[
+            ("    kprobe: no_such_function_here\n", "t.yaml:3:13: probes.x.kprobe: unknown function `no_such_function_here`"),
+            (
+                "    kprobe: vfs_read\n    value: nope\n",
+                "t.yaml:4:12: probes.x.value: function `vfs_read` has no argument `nope`; its arguments: file, buf, count, pos",
+            ),
+            ("    kprobe: vfs_read\n    value: ret\n", "has no argument `ret`"),
+            ("    kprobe: vfs_read\n    value: file\n", "t.yaml:4:12: probes.x.value: argument `file` (struct file *) is a pointer"),
+            ("    kretprobe: vfs_read\n    value: buf\n", "is a string, not a number"),
+            ("    kprobe: vfs_read\n    labels: [nope]\n", "t.yaml:4:14: probes.x.labels[0]: function `vfs_read` has no argument `nope`"),
+            ("    kprobe: vfs_read\n    filter: {fields: {count: [x]}}\n", "t.yaml:4:31"),
+            ("    kprobe: do_mmap\n    labels: [uf]\n", "function probes read the first 6 arguments"),
+            ("    kprobe: vfs_read\n    tracepoint: signal/signal_generate\n", "t.yaml:4:17: probes.x.tracepoint: `kprobe:` and `tracepoint:` are both given"),
+            ("    kprobe: vfs_read\n    hook: fexit\n", "t.yaml:4:11: probes.x.hook: hook `fexit` does not fit a `kprobe:` probe; expected one of: auto, fentry, kprobe"),
+            ("    kretprobe: vfs_read\n    hook: kprobe\n", "expected one of: auto, fexit, kretprobe"),
+            ("    tracepoint: signal/signal_generate\n    hook: fentry\n", "does not fit a `tracepoint:` probe"),
+        ];
+        for (body, want) in cases {
+            let text = format!("probes:\n  x:\n{body}");
+            let err = parse(&text).expect_err(&text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -402,8 +402,14 @@ where
         return Err(LoadError::NoFunction(names.join(", ")));
     }
     for mut prog in object.progs_mut() {
-        let wanted = attaching.iter().any(|p| prog.name() == p.program.as_str());
-        prog.set_autoload(wanted);
+        let wanted = attaching.iter().find(|p| prog.name() == p.program.as_str());
+        prog.set_autoload(wanted.is_some());
+        // a generic fentry/fexit program learns its function here: the
+        // kernel checks the program against its prototype at load
+        if let Some(spec) = wanted.filter(|_| matches!(prog.section().to_str(), Some("fentry" | "fexit"))) {
+            let function = why_skipped::hook_point(&spec.target).to_string();
+            prog.set_attach_target(0, Some(function)).map_err(LoadError::Open)?;
+        }
     }
 
     let loaded = verifier_log::capture(|| open.load());
@@ -455,17 +461,22 @@ where
 }
 
 /// Attaches a program where its section says, or, for a generic program
-/// whose section names no hook point (`SEC("tracepoint")`: config-defined
-/// probes), to `target`.
+/// whose section names no hook point (config-defined probes), to `target`:
+/// a tracepoint `group/name`, or a kernel function (its first word).
 fn attach(prog: &libbpf_rs::ProgramMut<'_>, target: &str) -> Result<Link, libbpf_rs::Error> {
-    if prog.section() != "tracepoint" {
-        return prog.attach();
+    let function = why_skipped::hook_point(target);
+    match prog.section().to_str() {
+        Some("tracepoint") => {
+            let (group, name) = target.split_once('/').ok_or_else(|| {
+                let why = format!("tracepoint `{target}` is not of the form group/name");
+                libbpf_rs::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
+            })?;
+            prog.attach_tracepoint(libbpf_rs::TracepointCategory::Custom(group.to_string()), name)
+        }
+        Some("kprobe") => prog.attach_kprobe(false, function),
+        Some("kretprobe") => prog.attach_kprobe(true, function),
+        _ => prog.attach(),
     }
-    let (group, name) = target.split_once('/').ok_or_else(|| {
-        let why = format!("tracepoint `{target}` is not of the form group/name");
-        libbpf_rs::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
-    })?;
-    prog.attach_tracepoint(libbpf_rs::TracepointCategory::Custom(group.to_string()), name)
 }
 
 /// The key a full aggregation table counts into: created here, before any

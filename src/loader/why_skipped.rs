@@ -104,7 +104,7 @@ fn absent_in(kallsyms: &str, hook: &HookSpec) -> Vec<AbsentFunction> {
 
 /// The kernel function or tracepoint a program's target names: its first
 /// word (`vfs_read (fexit)` → `vfs_read`).
-fn hook_point(target: &str) -> &str {
+pub fn hook_point(target: &str) -> &str {
     target.split_whitespace().next().unwrap_or(target)
 }
 

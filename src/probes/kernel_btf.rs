@@ -5,8 +5,38 @@
 //! for (a spec is built once, a decoder once per load), never cached: the
 //! libbpf handle is not shareable between threads.
 
-use libbpf_rs::btf::types::{Enum, FuncProto};
-use libbpf_rs::btf::{Btf, BtfKind, BtfType};
+use libbpf_rs::btf::types::{Enum, Enum64, FuncProto, Int, IntEncoding};
+use libbpf_rs::btf::{Btf, BtfKind, BtfType, HasSize};
+
+/// What a function's parameter or return value is, as far as a probe
+/// reading it from a register cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// An integer, enum or bool of `size` bytes.
+    Integer { size: u16, signed: bool },
+    /// A pointer; `chars`: to `char` (a string); `user`: tagged `__user`
+    /// (kernels whose BTF carries type tags).
+    Pointer { chars: bool, user: bool },
+    /// Anything else (a struct passed by value, a float): not read.
+    Other,
+}
+
+/// A named parameter, or the return value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub name: String,
+    /// As C spells it, for messages (`struct file *`).
+    pub c_type: String,
+    pub kind: ValueKind,
+}
+
+/// A kernel function's parameters in order, and its return value (None:
+/// `void`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prototype {
+    pub params: Vec<Value>,
+    pub ret: Option<Value>,
+}
 
 /// The kernel's BTF, or nothing when it cannot be read: then every name
 /// counts as missing and names are not known.
@@ -52,6 +82,28 @@ impl KernelBtf {
         FuncProto::try_from(ty).ok().map(|proto| proto.len())
     }
 
+    /// Function `name`'s prototype here; None when the kernel has no such
+    /// function.
+    pub fn prototype(&self, name: &str) -> Option<Prototype> {
+        let func = self.btf.as_ref()?.type_by_name::<BtfType<'_>>(name)?;
+        if func.kind() != BtfKind::Func {
+            return None;
+        }
+        let proto = FuncProto::try_from(func.next_type()?).ok()?;
+        let btf = self.btf.as_ref()?;
+        let params = proto
+            .iter()
+            .enumerate()
+            .map(|(i, param)| {
+                let name = param.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("arg{i}"));
+                let ty = btf.type_by_id::<BtfType<'_>>(param.ty);
+                value(name, ty)
+            })
+            .collect();
+        let ret = proto.next_type().filter(|t| t.kind() != BtfKind::Void).map(|t| value("ret".into(), Some(t)));
+        Some(Prototype { params, ret })
+    }
+
     /// The (value, name) pairs of enum `name`, None when the kernel has no
     /// such enum.
     pub fn enum_values(&self, name: &str) -> Option<Vec<(i64, String)>> {
@@ -66,6 +118,63 @@ impl KernelBtf {
     }
 }
 
+fn value(name: String, ty: Option<BtfType<'_>>) -> Value {
+    match ty {
+        Some(ty) => Value { name, c_type: c_type(ty), kind: kind(ty) },
+        None => Value { name, c_type: "?".into(), kind: ValueKind::Other },
+    }
+}
+
+fn kind(ty: BtfType<'_>) -> ValueKind {
+    let ty = ty.skip_mods_and_typedefs();
+    let size = |bytes: usize| u16::try_from(bytes).unwrap_or(0);
+    match ty.kind() {
+        BtfKind::Int => match Int::try_from(ty) {
+            Ok(int) if matches!(int.bits, 8 | 16 | 32 | 64) => ValueKind::Integer {
+                size: u16::from(int.bits / 8),
+                signed: matches!(int.encoding, IntEncoding::Signed),
+            },
+            _ => ValueKind::Other,
+        },
+        BtfKind::Enum => Enum::try_from(ty)
+            .map(|e| ValueKind::Integer { size: size(e.size()), signed: e.is_signed() })
+            .unwrap_or(ValueKind::Other),
+        BtfKind::Enum64 => Enum64::try_from(ty)
+            .map(|e| ValueKind::Integer { size: size(e.size()), signed: e.is_signed() })
+            .unwrap_or(ValueKind::Other),
+        BtfKind::Ptr => {
+            // `char __user *` is ptr → type_tag("user") → char
+            let mut pointee = ty.next_type();
+            let mut user = false;
+            while let Some(t) = pointee.filter(|t| t.is_mod() || t.kind() == BtfKind::Typedef) {
+                user |= t.kind() == BtfKind::TypeTag && t.name().is_some_and(|n| n == "user");
+                pointee = t.next_type();
+            }
+            let chars = pointee.is_some_and(|t| t.kind() == BtfKind::Int && t.name().is_some_and(|n| n == "char"));
+            ValueKind::Pointer { chars, user }
+        }
+        _ => ValueKind::Other,
+    }
+}
+
+/// The type as C spells it: typedef names kept, qualifiers shown.
+fn c_type(ty: BtfType<'_>) -> String {
+    let named = |prefix: &str| format!("{prefix}{}", ty.name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let next = || ty.next_type().map(c_type).unwrap_or_else(|| "void".into());
+    match ty.kind() {
+        BtfKind::Void => "void".into(),
+        BtfKind::Ptr => format!("{} *", next()),
+        BtfKind::Const => format!("const {}", next()),
+        BtfKind::Volatile => format!("volatile {}", next()),
+        BtfKind::TypeTag => format!("{} __{}", next(), named("")),
+        BtfKind::Struct => named("struct "),
+        BtfKind::Union => named("union "),
+        BtfKind::Enum | BtfKind::Enum64 => named("enum "),
+        BtfKind::FuncProto => "function".into(),
+        _ => named(""),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +186,7 @@ mod tests {
         assert_eq!(none.first_present(&["folio_mark_accessed", "mark_page_accessed"]), "folio_mark_accessed");
         assert_eq!(none.enum_values("skb_drop_reason"), None);
         assert_eq!(none.param_count("vfs_read"), None);
+        assert_eq!(none.prototype("vfs_read"), None);
     }
 
     /// On a kernel with BTF (every kernel sonde supports), types and enums
@@ -99,5 +209,18 @@ mod tests {
         assert_eq!(kernel.param_count("btf_trace_sched_process_exec"), Some(4));
         assert_eq!(kernel.param_count("task_struct"), None);
         assert_eq!(kernel.param_count("no_such_function_in_any_kernel"), None);
+        let read = kernel.prototype("vfs_read").expect("vfs_read");
+        let names: Vec<&str> = read.params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["file", "buf", "count", "pos"]);
+        assert_eq!(read.params[0].kind, ValueKind::Pointer { chars: false, user: false });
+        assert_eq!(read.params[0].c_type, "struct file *");
+        assert!(matches!(read.params[1].kind, ValueKind::Pointer { chars: true, .. }), "{:?}", read.params[1]);
+        assert_eq!(
+            (read.params[2].c_type.as_str(), read.params[2].kind),
+            ("size_t", ValueKind::Integer { size: 8, signed: false })
+        );
+        assert_eq!(read.ret.map(|r| r.kind), Some(ValueKind::Integer { size: 8, signed: true }));
+        assert_eq!(kernel.prototype("task_struct"), None);
+        assert_eq!(kernel.prototype("no_such_function_in_any_kernel"), None);
     }
 }

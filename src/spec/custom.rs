@@ -1,5 +1,6 @@
-//! Config-defined probes: a hook point named in the config (a tracepoint),
-//! the fields of its record the probe reads, and what it does with each
+//! Config-defined probes: a hook point named in the config (a tracepoint,
+//! or a kernel function's entry or return), the fields of its record (the
+//! function's arguments) the probe reads, and what it does with each
 //! (a label, the observed value, a filter). The generic BPF program is
 //! parameterised from this at load; the layout of the record it writes is
 //! decided here, once, for both sides.
@@ -18,6 +19,9 @@ pub const MAX_FILTER_STRING_BYTES: usize = STRING_BYTES - 2;
 pub const MAX_NUMBER_FILTER_VALUES: usize = 8;
 /// Values one string field filter keeps.
 pub const MAX_STRING_FILTER_VALUES: usize = 4;
+/// Arguments a function probe reads: those passed in registers on every
+/// architecture sonde runs on.
+pub const MAX_ARGS: usize = 6;
 /// Bytes of the common record header (`struct event_header`).
 pub const HEADER_BYTES: u16 = 32;
 
@@ -36,15 +40,20 @@ pub enum FieldKind {
     UserString,
     /// A pointer to a NUL-terminated string in kernel memory.
     KernelString,
+    /// Any other pointer (a function's `struct file *`): a number to
+    /// filter or label by, not an amount.
+    Pointer,
 }
 
 impl FieldKind {
     pub fn is_string(self) -> bool {
-        !matches!(self, FieldKind::Number { .. })
+        !matches!(self, FieldKind::Number { .. } | FieldKind::Pointer)
     }
 }
 
-/// One field of a hook's record, as the running kernel describes it.
+/// One field of a hook's record, as the running kernel describes it. A
+/// function's argument is a field whose `offset` is its index; its return
+/// value (`ret`) has the index after the last argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
     pub name: String,
@@ -60,6 +69,30 @@ pub struct Field {
 pub trait HookSchemas: Send + Sync + Debug {
     /// The fields of tracepoint `group/name`, or why they cannot be had.
     fn tracepoint(&self, target: &str) -> Result<Vec<Field>, String>;
+    /// Function `name`'s arguments and its return value, or why they
+    /// cannot be had.
+    fn function(&self, name: &str) -> Result<Prototype, String>;
+}
+
+/// A function's arguments as fields, in order (those after one that is
+/// not read from a single register are left out), and its return value
+/// (None: `void`) as field `ret` of index `arg_count`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prototype {
+    pub args: Vec<Field>,
+    pub ret: Option<Field>,
+    /// Every argument, read or not.
+    pub arg_count: u16,
+}
+
+/// Where a config-defined probe hooks in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookPoint {
+    /// `group/name`.
+    Tracepoint(String),
+    /// A kernel function's entry (`ret` false) or return; `arg_count`
+    /// places the return value after the arguments.
+    Function { name: String, ret: bool, arg_count: u16 },
 }
 
 /// What the probe does with a field; one field may serve several roles.
@@ -95,11 +128,10 @@ impl Slot {
     }
 }
 
-/// A config-defined probe on one tracepoint.
+/// A config-defined probe on one hook point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomProbe {
-    /// `group/name`.
-    pub tracepoint: String,
+    pub point: HookPoint,
     /// At most [`MAX_FIELDS`].
     pub slots: Vec<Slot>,
     /// Bytes of the record: the header, then the recorded fields.
@@ -109,7 +141,7 @@ pub struct CustomProbe {
 impl CustomProbe {
     /// Lays out the record: numbers first (8 bytes each, so they stay
     /// aligned), then strings ([`STRING_BYTES`] each).
-    pub fn new(tracepoint: String, mut slots: Vec<Slot>) -> CustomProbe {
+    pub fn new(point: HookPoint, mut slots: Vec<Slot>) -> CustomProbe {
         let mut at = HEADER_BYTES;
         for string in [false, true] {
             for slot in slots.iter_mut().filter(|s| s.field.kind.is_string() == string) {
@@ -120,7 +152,7 @@ impl CustomProbe {
                 }
             }
         }
-        CustomProbe { tracepoint, slots, record_bytes: at }
+        CustomProbe { point, slots, record_bytes: at }
     }
 
     /// The slot shown as label `label`.
@@ -130,6 +162,14 @@ impl CustomProbe {
 
     pub fn value_slot(&self) -> Option<&Slot> {
         self.slots.iter().find(|s| s.roles.value)
+    }
+
+    /// Whether it reads a function's arguments (not only its return value).
+    pub fn reads_args(&self) -> bool {
+        match &self.point {
+            HookPoint::Function { arg_count, .. } => self.slots.iter().any(|s| s.field.offset < *arg_count),
+            HookPoint::Tracepoint(_) => false,
+        }
     }
 }
 
@@ -147,7 +187,7 @@ mod tests {
         let label = |l: &str| Roles { label: Some(l.into()), ..Roles::default() };
         let filter_only = Roles { filter: Some(FieldFilter::Numbers(vec![1])), ..Roles::default() };
         let probe = CustomProbe::new(
-            "g/n".into(),
+            HookPoint::Tracepoint("g/n".into()),
             vec![
                 slot("path", FieldKind::UserString, label("path")),
                 slot("flags", FieldKind::Number { signed: false }, filter_only),

@@ -8,7 +8,7 @@ mod settings;
 
 use std::sync::Arc;
 
-pub use custom::{CustomProbe, HookSchemas};
+pub use custom::{CustomProbe, HookPoint, HookSchemas};
 pub use settings::{Buckets, Filter, HookChoice, ProbeSettings};
 
 /// How a program hooks into the kernel.

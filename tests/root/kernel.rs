@@ -36,6 +36,11 @@ pub fn has_ftrace_direct_calls() -> bool {
 /// Names (as the kernel truncates them, 15 bytes) of sonde's programs.
 const PROGRAM_NAMES: &[&str] = &[
     "custom_tracepoint",
+    // config-defined function probes (custom_kretprobe[_entry] as truncated)
+    "custom_fentry",
+    "custom_fexit",
+    "custom_kprobe",
+    "custom_kretprob",
     "handle_exec",
     "handle_exit",
     "handle_openat_enter",

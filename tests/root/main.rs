@@ -15,6 +15,7 @@
 mod agent;
 mod catalog;
 mod custom;
+mod custom_function;
 mod foundation;
 mod fs_latency;
 mod http;
@@ -46,6 +47,7 @@ fn main() {
     trials.extend(probes::trials());
     trials.extend(catalog::trials());
     trials.extend(custom::trials());
+    trials.extend(custom_function::trials());
     trials.extend(tcp::trials());
     trials.extend(fs_latency::trials());
     trials.extend(storage::trials());

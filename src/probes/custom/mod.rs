@@ -1,11 +1,13 @@
 //! Probes defined in the config: one generic program per hook kind
-//! (`src/bpf/custom_tracepoint.bpf.c`), told at load which fields of the
-//! hook's record to read, filter on and carry, and a decoder that turns the
+//! (`src/bpf/custom_tracepoint.bpf.c`, `src/bpf/custom_function.bpf.c`),
+//! told at load which fields of the hook's record (or which arguments of
+//! the function) to read, filter on and carry, and a decoder that turns the
 //! carried fields into labels and the observed value. The spec comes from
 //! the config (`spec::custom`); loading, the ring, series, limits, reload
 //! and self-metrics are the built-in probes'.
 
 pub mod format;
+mod function;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,21 +15,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::decode::{DecodeError, Decoded, Decoder, MAX_METRICS, NOT_OBSERVED};
 use crate::labels::{render_bytes, OVERFLOW};
-use crate::spec::custom::{CustomProbe, Field, FieldFilter, FieldKind, Slot, MAX_FIELDS, STRING_BYTES};
-use crate::spec::{HookSchemas, ProbeSettings};
+use crate::loader::{LoadContext, LoadError, Loaded};
+use crate::spec::custom::{
+    CustomProbe, Field, FieldFilter, FieldKind, Prototype, Slot, MAX_FIELDS, MAX_NUMBER_FILTER_VALUES,
+    MAX_STRING_FILTER_VALUES, STRING_BYTES,
+};
+use crate::spec::{HookPoint, HookSchemas, HookSpec, ProbeSettings};
 
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/custom_tracepoint.skel.rs"));
-}
-use skel::{types, CustomTracepointSkelBuilder};
+pub use function::{FENTRY_PROGRAM, FEXIT_PROGRAM, KPROBE_PROGRAM, KRETPROBE_ENTRY_PROGRAM, KRETPROBE_PROGRAM};
 
 /// The generic tracepoint program's name, as its spec's hook names it.
 pub const TRACEPOINT_PROGRAM: &str = "custom_tracepoint";
 
-/// Field kinds as the program numbers them (`enum field_kind`).
+/// Field kinds as the programs number them (`enum field_kind` in custom.h).
 fn kind_code(kind: FieldKind) -> u16 {
     match kind {
-        FieldKind::Number { .. } => 1,
+        FieldKind::Number { .. } | FieldKind::Pointer => 1,
         FieldKind::InlineString => 2,
         FieldKind::DataLocString => 3,
         FieldKind::UserString => 4,
@@ -35,54 +38,118 @@ fn kind_code(kind: FieldKind) -> u16 {
     }
 }
 
-/// The program's `.rodata` description of one field.
-fn rodata_field(slot: &Slot) -> types::field {
-    let mut field = types::field {
-        kind: kind_code(slot.field.kind),
-        offset: slot.field.offset,
-        size: slot.field.size,
-        record_offset: slot.record_offset,
-        ..Default::default()
-    };
-    match &slot.roles.filter {
-        Some(FieldFilter::Numbers(values)) => {
-            field.filter_count = values.len() as u32;
-            for (dst, src) in field.numbers.iter_mut().zip(values) {
-                *dst = *src;
-            }
-        }
-        Some(FieldFilter::Strings(values)) => {
-            field.filter_count = values.len() as u32;
-            // config validation keeps each shorter than the slot: NUL stays
-            for (dst, src) in field.strings.iter_mut().zip(values) {
-                let mut bytes = [0u8; STRING_BYTES];
-                for (d, s) in bytes.iter_mut().zip(src.bytes()) {
-                    *d = s;
-                }
-                for (word, chunk) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
-                    *word = chunk.try_into().map(u64::from_ne_bytes).unwrap_or(0);
-                }
-            }
-        }
-        None => {}
-    }
-    field
+/// The `.rodata` description of one field (`struct field` in custom.h), as
+/// plain values; each program's skeleton has its own type of it, filled by
+/// `set_rodata_fields!`.
+struct FieldRodata {
+    kind: u16,
+    offset: u16,
+    size: u16,
+    record_offset: u16,
+    filter_count: u32,
+    numbers: [u64; MAX_NUMBER_FILTER_VALUES],
+    strings: [[u64; STRING_BYTES / 8]; MAX_STRING_FILTER_VALUES],
 }
 
-crate::loader::skeleton_loader!(CustomTracepointSkelBuilder, |rodata, settings| {
-    let custom = settings.spec.custom.as_ref().ok_or_else(|| {
-        crate::loader::LoadError::Missing(format!("a config-defined probe's fields for `{}`", settings.name()))
-    })?;
-    for (dst, slot) in rodata.fields.iter_mut().zip(&custom.slots) {
-        *dst = rodata_field(slot);
+impl FieldRodata {
+    fn of(slot: &Slot) -> FieldRodata {
+        let mut field = FieldRodata {
+            kind: kind_code(slot.field.kind),
+            offset: slot.field.offset,
+            size: slot.field.size,
+            record_offset: slot.record_offset,
+            filter_count: 0,
+            numbers: [0; MAX_NUMBER_FILTER_VALUES],
+            strings: [[0; STRING_BYTES / 8]; MAX_STRING_FILTER_VALUES],
+        };
+        match &slot.roles.filter {
+            Some(FieldFilter::Numbers(values)) => {
+                field.filter_count = values.len() as u32;
+                for (dst, src) in field.numbers.iter_mut().zip(values) {
+                    *dst = *src;
+                }
+            }
+            Some(FieldFilter::Strings(values)) => {
+                field.filter_count = values.len() as u32;
+                // config validation keeps each shorter than the slot: NUL stays
+                for (dst, src) in field.strings.iter_mut().zip(values) {
+                    let mut bytes = [0u8; STRING_BYTES];
+                    for (d, s) in bytes.iter_mut().zip(src.bytes()) {
+                        *d = s;
+                    }
+                    for (word, chunk) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
+                        *word = chunk.try_into().map(u64::from_ne_bytes).unwrap_or(0);
+                    }
+                }
+            }
+            None => {}
+        }
+        field
     }
-    rodata.record_bytes = u32::from(custom.record_bytes);
-});
+}
+
+/// Sets a generic program's `fields` and `record_bytes` in `.rodata` from
+/// the probe's slots.
+macro_rules! set_rodata_fields {
+    ($rodata:ident, $custom:ident) => {
+        for (dst, slot) in $rodata.fields.iter_mut().zip(&$custom.slots) {
+            let field = $crate::probes::custom::FieldRodata::of(slot);
+            dst.kind = field.kind;
+            dst.offset = field.offset;
+            dst.size = field.size;
+            dst.record_offset = field.record_offset;
+            dst.filter_count = field.filter_count;
+            dst.numbers = field.numbers;
+            dst.strings = field.strings;
+        }
+        $rodata.record_bytes = u32::from($custom.record_bytes);
+    };
+}
+use set_rodata_fields;
+
+/// The probe's custom part, which every config-defined probe's spec has.
+fn custom_of(settings: &ProbeSettings) -> Result<&CustomProbe, LoadError> {
+    settings
+        .spec
+        .custom
+        .as_ref()
+        .ok_or_else(|| LoadError::Missing(format!("a config-defined probe's fields for `{}`", settings.name())))
+}
+
+mod tracepoint {
+    mod skel {
+        include!(concat!(env!("OUT_DIR"), "/custom_tracepoint.skel.rs"));
+    }
+    use skel::CustomTracepointSkelBuilder;
+
+    crate::loader::skeleton_loader!(CustomTracepointSkelBuilder, |rodata, settings| {
+        let custom = super::custom_of(settings)?;
+        super::set_rodata_fields!(rodata, custom);
+    });
+
+    /// The macro's `load`, for the runner's.
+    pub(super) fn load_program(
+        settings: &crate::spec::ProbeSettings,
+        hook: &crate::spec::HookSpec,
+        ctx: &crate::loader::LoadContext,
+    ) -> Result<crate::loader::Loaded, crate::loader::LoadError> {
+        load(settings, hook, ctx)
+    }
+}
 
 /// How every config-defined probe is loaded and decoded.
 pub const RUNNER: super::Runner = super::Runner { load, decoder };
 
-/// The running kernel's tracepoint formats, from tracefs.
+/// Loads the generic program of the probe's hook point.
+fn load(settings: &ProbeSettings, hook: &HookSpec, ctx: &LoadContext) -> Result<Loaded, LoadError> {
+    match custom_of(settings)?.point {
+        HookPoint::Tracepoint(_) => tracepoint::load_program(settings, hook, ctx),
+        HookPoint::Function { .. } => function::load_program(settings, hook, ctx),
+    }
+}
+
+/// The running kernel's tracepoint formats, from tracefs, and its
+/// functions' prototypes, from its BTF.
 #[derive(Debug, Default)]
 pub struct KernelSchemas;
 
@@ -91,6 +158,13 @@ impl HookSchemas for KernelSchemas {
         let (group, name) = split_tracepoint(target)?;
         let events = crate::system::tracefs_events().map_err(|e| e.to_string())?;
         tracepoint_fields(&events, group, name)
+    }
+
+    fn function(&self, name: &str) -> Result<Prototype, String> {
+        let prototype = super::kernel_btf::KernelBtf::load()
+            .prototype(name)
+            .ok_or_else(|| format!("unknown function `{name}`: not in this kernel's BTF (/sys/kernel/btf/vmlinux)"))?;
+        Ok(function::fields(prototype))
     }
 }
 
@@ -366,7 +440,7 @@ mod tests {
     #[test]
     fn numbers_pack_into_the_key_and_render_signed() {
         let probe = CustomProbe::new(
-            "g/n".into(),
+            HookPoint::Tracepoint("g/n".into()),
             vec![
                 slot("sig", FieldKind::Number { signed: true }, 4, label("sig")),
                 slot("code", FieldKind::Number { signed: true }, 4, label("code")),
@@ -388,7 +462,7 @@ mod tests {
     #[test]
     fn strings_are_interned_and_fold_into_overflow_past_the_cap() {
         let probe = CustomProbe::new(
-            "g/n".into(),
+            HookPoint::Tracepoint("g/n".into()),
             vec![
                 slot("path", FieldKind::UserString, 8, label("path")),
                 slot("flags", FieldKind::Number { signed: false }, 8, label("flags")),
@@ -415,7 +489,7 @@ mod tests {
     #[test]
     fn negative_values_observe_nothing() {
         let probe = CustomProbe::new(
-            "g/n".into(),
+            HookPoint::Tracepoint("g/n".into()),
             vec![slot("ret", FieldKind::Number { signed: true }, 8, Roles { value: true, ..Roles::default() })],
         );
         let decoder = Custom::new(&probe);
