@@ -362,15 +362,44 @@ def run_bare(ctx):
     return res
 
 
-# sonde's two modes of the syscalls probe: `aggregate` setting, case name in
-# the results, and the heading of its column.
+# sonde's modes: the syscalls probe's two (`aggregate` setting) and a
+# config-defined probe; each with its case name in the results, the heading of
+# its column, the probe it loads, the counter that counts the generator's
+# calls and the label that says which system call it was.
 MODES = {
-    "ring": {"aggregate": False, "case": "sonde_ring", "title": "sonde `syscalls`, ring buffer"},
-    "kernel": {"aggregate": True, "case": "sonde_kernel", "title": "sonde `syscalls`, in-kernel"},
+    "ring": {
+        "aggregate": False,
+        "case": "sonde_ring",
+        "title": "sonde `syscalls`, ring buffer",
+        "probe": "syscalls",
+        "counter": "sonde_syscalls_total",
+        "label": "syscall",
+    },
+    "kernel": {
+        "aggregate": True,
+        "case": "sonde_kernel",
+        "title": "sonde `syscalls`, in-kernel",
+        "probe": "syscalls",
+        "counter": "sonde_syscalls_total",
+        "label": "syscall",
+    },
+    # The same question asked of a config-defined probe (docs/custom-probes.md):
+    # the generic tracepoint program on raw_syscalls/sys_enter, by number.
+    "config": {
+        "aggregate": False,
+        "case": "sonde_config",
+        "title": "config-defined probe, ring buffer",
+        "probe": "syscall_entries",
+        "counter": "sonde_syscall_entries_total",
+        "label": "id",
+    },
 }
+# A config-defined probe's total CPU per event against the built-in probe's
+# on the same delivery path (one ring buffer record per event).
+CONFIG_VS_BUILTIN = 1.5
 
 
-def sonde_config(path, port, pid, args, aggregate):
+def sonde_config(path, port, pid, args, mode):
     ring = ""
     if args.ring_bytes or args.wakeup_bytes is not None:
         ring = "ring_buffer:\n"
@@ -383,28 +412,43 @@ def sonde_config(path, port, pid, args, aggregate):
         "bpf_stats: true\n"
         f"{ring}"
         "probes:\n"
-        "  syscalls:\n"
-        "    labels: [syscall]\n"
-        f"    aggregate: {'true' if aggregate else 'false'}\n"
-        "    filter:\n"
-        f"      pid: {pid}\n"
     )
+    if mode == "config":
+        text += (
+            "  syscall_entries:\n"
+            "    tracepoint: raw_syscalls/sys_enter\n"
+            "    labels: [id]\n"
+            "    filter:\n"
+            f"      pid: {pid}\n"
+        )
+    else:
+        text += (
+            "  syscalls:\n"
+            "    labels: [syscall]\n"
+            f"    aggregate: {'true' if MODES[mode]['aggregate'] else 'false'}\n"
+            "    filter:\n"
+            f"      pid: {pid}\n"
+        )
     with open(path, "w") as f:
         f.write(text)
     return text
 
 
-def run_sonde(ctx, aggregate):
-    """sonde's syscalls probe on the generator. With `aggregate` the events are
-    counted in the kernel and read at each scrape; without it each is a ring
-    buffer record that the agent reads and counts."""
-    mode = "kernel" if aggregate else "ring"
+def run_sonde(ctx, mode):
+    """sonde's syscalls probe on the generator, or a config-defined probe
+    asking the same. In-kernel, the events are counted in the kernel and read
+    at each scrape; on the ring buffer each is a record that the agent reads
+    and counts."""
+    m = MODES[mode]
+    aggregate, probe, counter, label = m["aggregate"], m["probe"], m["counter"], m["label"]
+    # The config-defined probe labels by number, the built-in one by name.
+    getppid = str(getppid_nr()) if mode == "config" else "getppid"
     gen = Generator(ctx.procs, ctx.loadgen, ctx.seconds)
     agent = None
     try:
         port = free_port()
         cfg = os.path.join(ctx.tmp, f"sonde-throughput-{mode}.yaml")
-        ctx.sonde_config_text[mode] = sonde_config(cfg, port, gen.pid, ctx.args, aggregate)
+        ctx.sonde_config_text[mode] = sonde_config(cfg, port, gen.pid, ctx.args, mode)
         errlog = open(os.path.join(ctx.tmp, f"sonde-throughput-{mode}.log"), "wb")
         agent = ctx.procs.spawn(
             ["taskset", "-c", str(AGENT_CPU), SONDE, "run", "--config", cfg, "--log-format", "json"], stderr=errlog
@@ -412,8 +456,8 @@ def run_sonde(ctx, aggregate):
         errlog.close()
         wait_healthy(port, agent)
         before = scrape(port)
-        if total(before, "sonde_probe_up", probe="syscalls") != 1:
-            raise RuntimeError("the syscalls probe did not attach; see " + errlog.name)
+        if total(before, "sonde_probe_up", probe=probe) != 1:
+            raise RuntimeError(f"the {probe} probe did not attach; see " + errlog.name)
         cpu0 = cpu_ns(agent.pid)
         res = gen_result(*gen.go())
         # Let the reader drain the ring (it polls every poll_interval_ms).
@@ -436,14 +480,13 @@ def run_sonde(ctx, aggregate):
     def delta(name, **labels):
         return total(after, name, **labels) - total(before, name, **labels)
 
-    received = int(delta("sonde_events_received_total", probe="syscalls"))
-    lost = int(delta("sonde_events_lost_total", probe="syscalls"))
+    received = int(delta("sonde_events_received_total", probe=probe))
+    lost = int(delta("sonde_events_lost_total", probe=probe))
     by_syscall = {
-        k: int(v - by_label(before, "sonde_syscalls_total", "syscall").get(k, 0))
-        for k, v in by_label(after, "sonde_syscalls_total", "syscall").items()
+        k: int(v - by_label(before, counter, label).get(k, 0)) for k, v in by_label(after, counter, label).items()
     }
     by_syscall = {k: v for k, v in by_syscall.items() if v}
-    kernel_ns = delta("sonde_bpf_prog_run_seconds_total", probe="syscalls") * 1e9
+    kernel_ns = delta("sonde_bpf_prog_run_seconds_total", probe=probe) * 1e9
     runs = {
         p: int(v - by_label(before, "sonde_bpf_prog_runs_total", "program").get(p, 0))
         for p, v in by_label(after, "sonde_bpf_prog_runs_total", "program").items()
@@ -461,15 +504,15 @@ def run_sonde(ctx, aggregate):
         # No ring records: the kernel's counts are the events, every syscall
         # label of the series together.
         counted = sum(by_syscall.values())
-        settled = total(again, "sonde_syscalls_total") == total(after, "sonde_syscalls_total")
+        settled = total(again, counter) == total(after, counter)
         # The agent does no work per event; its CPU is spread over all of them.
         per_event_base = produced
     else:
         counted = received
-        settled = total(again, "sonde_events_received_total", probe="syscalls") + total(
-            again, "sonde_events_lost_total", probe="syscalls"
-        ) == total(after, "sonde_events_received_total", probe="syscalls") + total(
-            after, "sonde_events_lost_total", probe="syscalls"
+        settled = total(again, "sonde_events_received_total", probe=probe) + total(
+            again, "sonde_events_lost_total", probe=probe
+        ) == total(after, "sonde_events_received_total", probe=probe) + total(
+            after, "sonde_events_lost_total", probe=probe
         )
         per_event_base = received
     res.update(
@@ -480,8 +523,8 @@ def run_sonde(ctx, aggregate):
             "counted": counted,
             "lost": lost,
             "unaccounted": produced - counted - lost,
-            "getppid_counted": by_syscall.get("getppid", 0),
-            "other_syscalls_counted": {k: v for k, v in by_syscall.items() if k != "getppid"},
+            "getppid_counted": by_syscall.get(getppid, 0),
+            "other_syscalls_counted": {k: v for k, v in by_syscall.items() if k != getppid},
             "drained": settled,
             "kernel_ns": kernel_ns,
             "prog_runs": runs,
@@ -792,6 +835,13 @@ def summarize(res):
             c[key] = [r[case][key] for r in rounds]
         c["lost_share"] = ratio_med(lambda r: r[case]["lost"] / r[case]["produced"])
         s[case] = c
+    for builtin in ("sonde_ring", "sonde_kernel"):
+        s["sonde_config"][f"total_vs_{builtin}"] = ratio_med(
+            lambda r: r["sonde_config"]["total_ns_per_event"] / r[builtin]["total_ns_per_event"]
+        )
+        s["sonde_config"][f"kernel_vs_{builtin}"] = ratio_med(
+            lambda r: r["sonde_config"]["kernel_ns_per_event"] / r[builtin]["kernel_ns_per_event"]
+        )
     return s
 
 
@@ -815,10 +865,11 @@ def tracer_summary(rounds, case, user_key):
 def throughput_tables(res, s):
     rounds = res["rounds"]
     n = len(rounds)
-    ring, kern, bt = s["sonde_ring"], s["sonde_kernel"], s["bpftrace"]
+    ring, bt = s["sonde_ring"], s["bpftrace"]
+    traced = [s[m["case"]] for m in MODES.values()] + [bt]
 
     def row(label, base, bare, f, bold=False):
-        cells = [f(c) for c in (ring, kern, bt)]
+        cells = [f(c) for c in traced]
         if bold:
             cells = [f"**{c}**" if c else c for c in cells]
         return f"| {label} | {base} | {bare} | " + " | ".join(cells) + " |"
@@ -826,8 +877,8 @@ def throughput_tables(res, s):
     lines = [
         f"Medians of {n} round(s) of {res['seconds']:g} s; ratios are taken within each round, then the median.",
         "",
-        f"| | no tracing | empty raw_tp programs | {MODES['ring']['title']} | {MODES['kernel']['title']} | bpftrace |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| | no tracing | empty raw_tp programs | " + " | ".join(m["title"] for m in MODES.values()) + " | bpftrace |",
+        "|---|---:|---:|" + "---:|" * (len(MODES) + 1),
         row("generator getppid calls/s", fmt(s["base_rate"], 0), fmt(s["bare_rate"], 0), lambda c: fmt(c["rate"], 0)),
         row("generator speed vs no tracing", "1.00", f"{s['bare_slow']:.2f}", lambda c: f"{c['slow']:.2f}"),
         row("ns added to each system call", "0", fmt(s["bare_added"]), lambda c: fmt(c["added"])),
@@ -863,6 +914,15 @@ def throughput_tables(res, s):
             f"time added to each system call: {c['added_ratio']:.2f}.",
             "",
         ]
+    c = s["sonde_config"]
+    lines += [
+        "The config-defined probe counts each call once, at entry, by number; the built-in `syscalls` "
+        "probe also times each call (a second program at exit and an entry-time map), so it does more "
+        f"per event. Config-defined ÷ built-in, total CPU per event: {c['total_vs_sonde_ring']:.2f} "
+        f"against the ring buffer mode, {c['total_vs_sonde_kernel']:.2f} against the in-kernel mode; "
+        f"kernel time per event: {c['kernel_vs_sonde_ring']:.2f} and {c['kernel_vs_sonde_kernel']:.2f}.",
+        "",
+    ]
     if sum(ring["lost"]):
         lines += [
             "While the ring buffer loses events, sonde's user-space share of the total covers only the",
@@ -871,8 +931,8 @@ def throughput_tables(res, s):
         ]
     lines += [
         "Events of the generator's window, per round. *Counted*: ring buffer records received",
-        "(ring buffer); `sonde_syscalls_total` summed over every `syscall` (in-kernel); nothing",
-        "for bpftrace, whose count is its `@calls[getppid]`.",
+        "(ring buffer, config-defined); `sonde_syscalls_total` summed over every `syscall` (in-kernel);",
+        "nothing for bpftrace, whose count is its `@calls[getppid]`.",
         "",
         "| round | case | produced (getppid + 1 write) | counted | lost | unaccounted "
         "| getppid counted | other syscalls counted | settled at the first scrape |",
@@ -940,6 +1000,17 @@ def targets_table(res, s):
     rows.append(
         f"| zero unaccounted events, in-kernel (`syscalls_total` over every syscall + lost = produced) | {unacc} "
         f"(lost {sum(kern['lost'])}) | {verdict(unacc == 0)} |"
+    )
+    cfg = s["sonde_config"]
+    rows.append(
+        f"| config-defined probe's total CPU per event ≤ {CONFIG_VS_BUILTIN:g}× the built-in `syscalls` "
+        f"probe's (both ring buffer) | {cfg['total_vs_sonde_ring']:.2f}× ({fmt(cfg['total'])} vs "
+        f"{fmt(ring['total'])} ns) | {verdict(cfg['total_vs_sonde_ring'] <= CONFIG_VS_BUILTIN)} |"
+    )
+    unacc = sum(abs(u) for u in cfg["unaccounted"])
+    rows.append(
+        f"| zero unaccounted events, config-defined probe | {unacc} (lost {sum(cfg['lost'])}) "
+        f"| {verdict(unacc == 0)} |"
     )
     crit = res.get("criterion")
     if crit:
@@ -1177,7 +1248,7 @@ def render_doc(res, s, command):
         "```",
         "",
         "`python3 bench/run.py --quick` is the CI form: a 2 s sonde run in each mode that",
-        "fails only on unaccounted events in either or a ring buffer agent cost above 5×",
+        "fails only on unaccounted events in any or a ring buffer agent cost above 5×",
         "`bench/baseline.json`.",
         "",
         "## Machine",
@@ -1207,6 +1278,12 @@ def render_doc(res, s, command):
         "",
         "```yaml",
         sonde_config_text.rstrip(),
+        "```",
+        "",
+        "The config-defined probe's:",
+        "",
+        "```yaml",
+        res["sonde_config"]["config"].rstrip(),
         "```",
         "",
         "bpftrace's script:",
@@ -1268,20 +1345,20 @@ def quick(ctx):
     runs, noisy = {}, set()
     for name, mode in MODES.items():
         noisy.update(wait_quiet(ctx.args.quiet_wait))
-        runs[name] = run_sonde(ctx, mode["aggregate"])
+        runs[name] = run_sonde(ctx, name)
     if noisy:
         print(f"note: other tracing BPF programs were loaded: {', '.join(sorted(noisy))}")
     limit = None
     if os.path.exists(BASELINE):
         with open(BASELINE) as f:
             limit = 5 * json.load(f)["agent_ns_per_event"]
-    ring, kern = runs["ring"], runs["kernel"]
+    ring = runs["ring"]
 
     def row(label, f):
-        print(f"| {label} | {f(ring)} | {f(kern)} |")
+        print(f"| {label} | " + " | ".join(f(runs[name]) for name in MODES) + " |")
 
-    print(f"| | {MODES['ring']['title']} | {MODES['kernel']['title']} |")
-    print("|---|---:|---:|")
+    print("| | " + " | ".join(m["title"] for m in MODES.values()) + " |")
+    print("|---|" + "---:|" * len(MODES))
     row("generator getppid calls/s", lambda r: fmt(r["calls_per_s"], 0))
     row("produced (getppid + 1 write)", lambda r: fmt(r["produced"]))
     row("counted (ring: received; in-kernel: `syscalls_total`)", lambda r: fmt(r["counted"]))
@@ -1290,7 +1367,7 @@ def quick(ctx):
     row("agent CPU ns/event (ring: per event received)", lambda r: fmt(r["agent_ns_per_event"]))
     row("kernel ns/event", lambda r: fmt(r["kernel_ns_per_event"]))
     row("total CPU ns/event", lambda r: fmt(r["total_ns_per_event"]))
-    print(f"| agent CPU limit (5× bench/baseline.json) | {fmt(limit) if limit else 'no baseline'} | |")
+    print(f"| agent CPU limit (5× bench/baseline.json) | {fmt(limit) if limit else 'no baseline'} |" + " |" * (len(MODES) - 1))
     failed = []
     for name, r in runs.items():
         if r["unaccounted"] != 0:
@@ -1315,7 +1392,7 @@ def full(ctx):
         steps = (
             ("baseline", run_baseline),
             ("bare", run_bare),
-            *((m["case"], functools.partial(run_sonde, aggregate=m["aggregate"])) for m in MODES.values()),
+            *((m["case"], functools.partial(run_sonde, mode=name)) for name, m in MODES.items()),
             ("bpftrace", run_bpftrace),
         )
         for name, fn in steps:

@@ -1,5 +1,6 @@
-//! `sonde probes`: the built-in probes as data — hooks, metrics, labels —
-//! and, when sonde may load programs, what this kernel makes of each: the
+//! `sonde probes`: the built-in probes, and those a config defines, as data
+//! — hooks, metrics, labels — and, when sonde may load programs, what this
+//! kernel makes of each: the
 //! hook it would use, why every other alternative was skipped, and what the
 //! verifier and the JIT did with the programs loaded. Collected first,
 //! then written as text or JSON, so that nothing else is interleaved.
@@ -10,7 +11,7 @@ use crate::agent::{self, Outcome};
 use crate::bpf_stats::{JitSetting, ProgramFacts};
 use crate::loader::{explain_attempts, LoadContext};
 use crate::probes::Registry;
-use crate::spec::{MetricKind, ProbeSettings, ProbeSpec};
+use crate::spec::{MetricKind, ProbeSettings};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listing {
@@ -23,6 +24,8 @@ pub struct Listing {
 pub struct ProbeListing {
     pub name: String,
     pub summary: String,
+    /// Built into sonde, or defined in the config.
+    pub origin: Origin,
     pub status: Support,
     /// The hook this kernel would use.
     pub hook: Option<&'static str>,
@@ -40,6 +43,13 @@ pub struct ProbeListing {
 pub struct AbsentListing {
     pub function: String,
     pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    BuiltIn,
+    Config,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,22 +102,40 @@ pub struct ProgramListing {
     pub error: Option<String>,
 }
 
-/// Lists every probe of `registry`; with `ctx`, loads each with its default
-/// settings to learn what this kernel supports, and detaches it again.
-pub fn collect(registry: &Registry, metric_prefix: &str, ctx: Option<&LoadContext>) -> Listing {
-    let probes = registry.specs().map(|spec| probe_listing(registry, spec, metric_prefix, ctx)).collect();
-    Listing { jit: JitSetting::read().describe(), probes }
+/// Lists every probe of `registry`, then the probes `configured` defines
+/// (config-defined ones); a probe `configured` names is listed as configured
+/// (its labels, its forced hook), every other with its defaults. With `ctx`,
+/// loads each to learn what this kernel supports, and detaches it again.
+pub fn collect(
+    registry: &Registry,
+    metric_prefix: &str,
+    configured: &[ProbeSettings],
+    ctx: Option<&LoadContext>,
+) -> Listing {
+    let as_configured = |name: &str| configured.iter().find(|s| s.name() == name);
+    let builtin = registry.specs().map(|spec| {
+        let settings = as_configured(&spec.name).cloned().unwrap_or_else(|| ProbeSettings::defaults(spec.clone()));
+        probe_listing(registry, &settings, Origin::BuiltIn, metric_prefix, ctx)
+    });
+    let defined = configured
+        .iter()
+        .filter(|s| s.spec.custom.is_some())
+        .map(|settings| probe_listing(registry, settings, Origin::Config, metric_prefix, ctx));
+    Listing { jit: JitSetting::read().describe(), probes: builtin.chain(defined).collect() }
 }
 
 fn probe_listing(
     registry: &Registry,
-    spec: &std::sync::Arc<ProbeSpec>,
+    settings: &ProbeSettings,
+    origin: Origin,
     metric_prefix: &str,
     ctx: Option<&LoadContext>,
 ) -> ProbeListing {
+    let spec = &settings.spec;
     let mut listing = ProbeListing {
         name: spec.name.clone(),
         summary: spec.summary.clone(),
+        origin,
         status: Support::Untested,
         hook: None,
         hooks: spec
@@ -142,7 +170,7 @@ fn probe_listing(
         absent: Vec::new(),
     };
     if let Some(ctx) = ctx {
-        let (failed, loaded) = match agent::load_one(registry, &ProbeSettings::defaults(spec.clone()), ctx) {
+        let (failed, loaded) = match agent::load_one(registry, settings, ctx) {
             Outcome::Attached(loaded) => (explain_attempts(spec, &loaded.skipped), Some(loaded)),
             Outcome::Failed(failure) => (failure.reasons(spec), None),
         };
@@ -254,6 +282,7 @@ mod tests {
         ProbeListing {
             name: "demo".into(),
             summary: "A demo probe.".into(),
+            origin: Origin::BuiltIn,
             status,
             hook: used,
             hooks,

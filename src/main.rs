@@ -92,8 +92,11 @@ enum Command {
         #[arg(long)]
         attach: bool,
     },
-    /// List the built-in probes, the hook each would use on this kernel and why the others were skipped
+    /// List the probes, the hook each would use on this kernel and why the others were skipped
     Probes {
+        /// Also list the probes this config defines, and list built-in ones as it configures them
+        #[arg(long, short, visible_alias = "config.file", env = "SONDE_CONFIG")]
+        config: Option<PathBuf>,
         /// Also write sonde's and libbpf's diagnostics from the trial loads to standard error
         #[arg(long, short)]
         verbose: bool,
@@ -127,7 +130,7 @@ fn main() -> ExitCode {
         Some(Command::Check { config, web_config_file, attach }) => {
             check(config.or(cli.run.config), web_config_file.or(cli.run.web_config_file), attach)
         }
-        Some(Command::Probes { output, .. }) => list_probes(output),
+        Some(Command::Probes { config, output, .. }) => list_probes(config.or(cli.run.config), output),
     };
     match result {
         Ok(code) => code,
@@ -205,14 +208,17 @@ fn check(path: Option<PathBuf>, web_config: Option<PathBuf>, attach: bool) -> an
     Ok(ExitCode::SUCCESS)
 }
 
-fn list_probes(format: ListingFormat) -> anyhow::Result<ExitCode> {
+fn list_probes(path: Option<PathBuf>, format: ListingFormat) -> anyhow::Result<ExitCode> {
     // Routes libbpf's prints into the log (or nowhere), off the terminal.
     loader::verifier_log::install();
+    // A config given is read first: a bad one is an error before any trial
+    // load. Without one, only the built-in probes, each with its defaults.
+    let config = load_config(path.as_ref())?;
+    let configured = if path.is_some() { config.probes.as_slice() } else { &[] };
     let can_test = system::has_bpf_privileges() && system::prepare().is_ok();
-    let defaults = load_config(None)?;
-    let ctx = loader::LoadContext::new(defaults.ring_buffer.clone(), defaults.series_limit);
+    let ctx = loader::LoadContext::new(config.ring_buffer.clone(), config.series_limit);
     let registry = probes::Registry::builtin();
-    let listing = listing::collect(&registry, &defaults.metric_prefix, can_test.then_some(&ctx));
+    let listing = listing::collect(&registry, &config.metric_prefix, configured, can_test.then_some(&ctx));
     match format {
         ListingFormat::Text => print!("{}", listing::render_text(&listing)),
         ListingFormat::Json => println!("{}", serde_json::to_string_pretty(&listing)?),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
 
-use crate::agent::{sonde, Agent};
+use crate::agent::{sonde, Agent, ConfigFile};
 use crate::kernel;
 use crate::lifecycle::expect;
 
@@ -16,6 +16,7 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("probes_lists_each_hook_in_use_and_why_others_were_skipped", probes_text),
         Trial::test("probes_json_says_the_same_as_the_text", probes_json),
         Trial::test("metrics_export_each_programs_hook_and_verifier_facts", program_metrics),
+        Trial::test("probes_with_a_config_lists_its_config_defined_probes", config_defined),
     ]
 }
 
@@ -185,4 +186,64 @@ fn program_metrics() -> Result<(), Failed> {
             && m.get("sonde_probe_xlated_bytes", &[("probe", "syscalls"), ("program", "handle_sys_exit")]).is_none()
     })?;
     Ok(())
+}
+
+/// `sonde probes --config FILE` lists the probes the file defines after the
+/// built-in ones, each tried on this kernel as configured: a tracepoint
+/// probe attaches everywhere; a function probe where fentry or kprobes do,
+/// and otherwise says why not for each hook. A bad config fails before any
+/// trial load, with its location.
+fn config_defined() -> Result<(), Failed> {
+    let config = ConfigFile::new(
+        "probes:\n  exec: {}\n  signals_by_number:\n    tracepoint: signal/signal_generate\n    labels: [sig]\n  \
+         read_sizes:\n    kprobe: vfs_read\n    value: count\n    unit: bytes\n",
+    );
+    let path = config.path.display().to_string();
+    let out = sonde(&["probes", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    expect(out.status.success(), format!("sonde probes --config: {}", String::from_utf8_lossy(&out.stderr)))?;
+    for (probe, _) in expected_hooks() {
+        expect(!block(&stdout, probe).is_empty(), format!("built-in {probe} missing from\n{stdout}"))?;
+    }
+    let signals = block(&stdout, "signals_by_number");
+    expect(signals.contains(&"  kernel   supported, via tracepoint"), format!("signals_by_number: {signals:#?}"))?;
+    expect(signals.contains(&"  metric   sonde_signals_by_number_total (counter)"), format!("{signals:#?}"))?;
+    expect(signals.iter().any(|l| l.starts_with("  program  custom_tracepoint: ")), format!("{signals:#?}"))?;
+    let reads = block(&stdout, "read_sizes");
+    let function_hook = if kernel::expects_fentry() {
+        Some("fentry")
+    } else if kernel::has_kprobes() {
+        Some("kprobe")
+    } else {
+        None
+    };
+    match function_hook {
+        Some(hook) => {
+            let want = format!("  kernel   supported, via {hook}");
+            expect(reads.iter().any(|l| *l == want), format!("read_sizes: want {want:?} in {reads:#?}"))?;
+        }
+        None => {
+            let skipped = reads.iter().filter(|l| l.starts_with("  skipped  ")).count();
+            expect(
+                reads.contains(&"  kernel   unsupported: no hook loads and attaches here") && skipped == 2,
+                format!("read_sizes: {reads:#?}"),
+            )?;
+        }
+    }
+    expect(reads.iter().any(|l| l.starts_with("  metric   sonde_read_sizes_bytes ")), format!("{reads:#?}"))?;
+
+    let out = sonde(&["probes", "--config", &path, "--output", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))?;
+    let probes = json["probes"].as_array().ok_or("no probes array")?;
+    let origin = |name: &str| probes.iter().find(|p| p["name"] == name).map(|p| p["origin"].clone());
+    expect(origin("exec") == Some("built_in".into()), format!("exec: {:?}", origin("exec")))?;
+    expect(origin("signals_by_number") == Some("config".into()), format!("{:?}", origin("signals_by_number")))?;
+    expect(origin("read_sizes") == Some("config".into()), format!("{:?}", origin("read_sizes")))?;
+
+    config.write("probes:\n  read_sizes:\n    kprobe: vfs_read\n    value: no_such_argument\n");
+    let out = sonde(&["probes", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    expect(out.status.code() == Some(2), format!("bad config: exit {:?}, {stderr}", out.status.code()))?;
+    expect(out.stdout.is_empty(), format!("bad config still listed: {}", String::from_utf8_lossy(&out.stdout)))?;
+    expect(stderr.contains(&format!("{path}:4:")), format!("bad config error not located: {stderr}"))
 }
