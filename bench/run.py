@@ -1489,8 +1489,11 @@ def main():
     print("\n".join(out))
     log(f"full run took {res['run_seconds']} s")
     if args.write:
+        # rendered before the file is opened for writing: it keeps
+        # bench/service.py's section of the file it replaces
+        doc = render_doc(res, s, command.strip())
         with open(DOC, "w") as f:
-            f.write(render_doc(res, s, command.strip()))
+            f.write(doc)
         log(f"wrote {DOC}")
     if args.write_baseline:
         with open(BASELINE, "w") as f:
