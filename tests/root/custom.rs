@@ -7,7 +7,9 @@ use std::process::Stdio;
 use libtest_mimic::{Failed, Trial};
 
 use crate::agent::{sonde, Agent, ConfigFile};
-use crate::workload::{self, NamedBinary};
+use crate::foundation::{reload_ok, Trigger};
+use crate::lifecycle::expect;
+use crate::workload::{self, Cgroup, NamedBinary};
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -15,6 +17,7 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("custom_openat_string_filter_counts_opens_of_one_path", openat_filename),
         Trial::test("custom_pread64_value_sums_bytes", pread_value),
         Trial::test("custom_errors_are_located", located_errors),
+        Trial::test("custom_probe_has_cgroup_labels_series_limit_and_reload", limits_labels_reload),
     ]
 }
 
@@ -133,4 +136,52 @@ fn located_errors() -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+/// A config-defined probe has what the built-in ones have: an enrichment
+/// label (`cgroup`, the sending process's), the series limit with its
+/// overflow series, and a reload that restarts it with a new filter.
+fn limits_labels_reload() -> Result<(), Failed> {
+    let mount = workload::cgroup2_mount().ok_or("no cgroup2 mount in /proc/self/mountinfo")?;
+    let comm = workload::unique_comm("cl");
+    let cgroup = Cgroup::create(&mount, &format!("sonde-test-{comm}"));
+    let binary = NamedBinary::new(&comm);
+    let config = |limit: usize, sigs: &str| {
+        format!(
+            "series_limit: {limit}\nprobes:\n  raised:\n    tracepoint: signal/signal_generate\n    \
+             labels: [sig, cgroup]\n    filter: {{comm: [{comm}]{sigs}}}\n"
+        )
+    };
+    // Each workload's exit also generates a SIGCHLD (from it, for the
+    // test): the filter keeps the signals raised.
+    let agent = Agent::start(&config(2, ", fields: {sig: [10, 12, 28]}"), &[]);
+    let path = cgroup.path();
+    let of = |sig: &'static str| [("sig", sig), ("cgroup", path.as_str())];
+    let raise = |sig: i32, times: usize| -> Result<(), Failed> {
+        let statuses = cgroup.run(&binary, 1, &["raise-ignored", &sig.to_string(), &times.to_string()]);
+        expect(statuses.iter().all(|s| s.code() == Some(0)), format!("raise {sig}: {statuses:?}"))
+    };
+    // Two label sets fit; the third signal's events go to the overflow
+    // series, whose every label reads `overflow`.
+    for (sig, name, times) in [(libc::SIGUSR1, "10", 3), (libc::SIGUSR2, "12", 4)] {
+        raise(sig, times)?;
+        let got = agent.settle(times as f64, |m| m.value("sonde_raised_total", &of(name)));
+        check(&format!("sonde_raised_total{{sig={name}}}"), got, times as f64)?;
+    }
+    raise(libc::SIGWINCH, 5)?;
+    let overflow = [("sig", "overflow"), ("cgroup", "overflow")];
+    check("overflow series", agent.settle(5.0, |m| m.value("sonde_raised_total", &overflow)), 5.0)?;
+    let metrics = agent.scrape();
+    let dropped = metrics.value("sonde_series_dropped_total", &[("metric", "sonde_raised_total")]);
+    expect(dropped >= 1.0, format!("sonde_series_dropped_total = {dropped}"))?;
+    expect(metrics.get("sonde_raised_total", &of("28")).is_none(), "SIGWINCH got a series past the limit")?;
+
+    // A new filter restarts the probe: its series start again, and only
+    // SIGWINCH is counted.
+    reload_ok(&agent, &config(10, ", fields: {sig: [28]}"), Trigger::Sighup)?;
+    raise(libc::SIGUSR1, 2)?;
+    raise(libc::SIGWINCH, 6)?;
+    check("SIGWINCH after the reload", agent.settle(6.0, |m| m.value("sonde_raised_total", &of("28"))), 6.0)?;
+    let series = agent.scrape().series("sonde_raised_total");
+    expect(series.len() == 1, format!("after the reload, series other than SIGWINCH's: {series:?}"))
 }

@@ -41,6 +41,10 @@ pub fn dispatch() -> Option<i32> {
         }
         Some("fork") => fork_children(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
         Some("catch-usr1") => catch_usr1_until_eof(),
+        Some("raise-ignored") => raise_ignored(
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(libc::SIGUSR1),
+            args.get(4).and_then(|n| n.parse().ok()).unwrap_or(1),
+        ),
         Some("allocate") => allocate_forever(),
         Some("spin") => spin_on_one_cpu(args.get(3).and_then(|ms| ms.parse().ok()).unwrap_or(1000)),
         _ => 100,
@@ -96,6 +100,22 @@ fn catch_usr1_until_eof() -> i32 {
         Ok(_) => 0,
         Err(_) => 103,
     }
+}
+
+/// Ignores `signal`, then raises it at itself `times` times: each raise is
+/// one signal generated, by and for this process; 0 when all were sent.
+fn raise_ignored(signal: i32, times: usize) -> i32 {
+    // SAFETY: sets this process's disposition of one signal to ignore.
+    if unsafe { libc::signal(signal, libc::SIG_IGN) } == libc::SIG_ERR {
+        return 101;
+    }
+    for _ in 0..times {
+        // SAFETY: raising an ignored signal at ourselves.
+        if unsafe { libc::raise(signal) } != 0 {
+            return 102;
+        }
+    }
+    0
 }
 
 /// Allocates and touches memory 1 MiB at a time until something stops it.
