@@ -127,7 +127,8 @@ struct Draft {
     /// Label names in config order, each with its field if it shows one.
     labels: Vec<(String, Option<String>)>,
     value: Option<String>,
-    unit: Unit,
+    /// None: the value's C type decides (see `default_unit`).
+    unit: Option<Unit>,
     filter: Filter,
     field_filters: Vec<(String, FieldFilter)>,
     buckets: Buckets,
@@ -160,7 +161,7 @@ impl Draft {
             hook: HookChoice::Auto,
             labels: Vec::new(),
             value: None,
-            unit: Unit::None,
+            unit: None,
             filter: Filter::default(),
             field_filters: Vec::new(),
             buckets: Buckets::Exp2,
@@ -252,7 +253,7 @@ impl<'de> Visitor<'de> for CustomSettings<'_> {
                 "hook" => draft.hook = map.next_value_seed(HookSeed { hook_key })?,
                 "labels" => draft.labels = map.next_value_seed(Labels { draft: &draft })?,
                 "value" => draft.value = Some(map.next_value_seed(Value { draft: &draft })?),
-                "unit" => draft.unit = map.next_value_seed(UnitSeed)?,
+                "unit" => draft.unit = Some(map.next_value_seed(UnitSeed)?),
                 "buckets" => draft.buckets = map.next_value_seed(BucketsSeed)?,
                 "filter" => {
                     let (filter, fields) = map.next_value_seed(FilterSeed { draft: &draft })?;
@@ -266,6 +267,18 @@ impl<'de> Visitor<'de> for CustomSettings<'_> {
             return Err(de::Error::custom("`unit` says what `value` measures: set `value` too"));
         }
         build(self.name, draft).map_err(de::Error::custom)
+    }
+}
+
+/// What a value measures when the config does not say: the kernel's own
+/// type for a byte count (`size_t count`, `ssize_t` returned by a read)
+/// says bytes; anything else is a plain number.
+fn default_unit(field: &Field) -> Unit {
+    let c_type = field.c_type.trim_start_matches("const ").trim();
+    if matches!(c_type, "size_t" | "ssize_t") {
+        Unit::Bytes
+    } else {
+        Unit::None
     }
 }
 
@@ -301,14 +314,18 @@ fn build(name: String, draft: Draft) -> Result<ProbeSettings, String> {
         spec = spec.hook(hook);
     }
     if let Some(value) = &draft.value {
-        let (suffix, unit_help) = match draft.unit {
+        let unit = match draft.unit {
+            Some(unit) => unit,
+            None => default_unit(draft.field(value)?),
+        };
+        let (suffix, unit_help) = match unit {
             Unit::Seconds => ("seconds", " (it counts nanoseconds)"),
             Unit::Bytes => ("bytes", ""),
             Unit::None => ("value", ""),
         };
         let noun = if value == "ret" && draft.hook_key == "kretprobe" { "Return value" } else { noun };
         let help = format!("{noun} `{value}` of the {events}{unit_help}.");
-        spec = spec.metric(MetricSpec::histogram(&format!("{name}_{suffix}"), draft.unit, &help));
+        spec = spec.metric(MetricSpec::histogram(&format!("{name}_{suffix}"), unit, &help));
     }
     spec.custom = Some(custom);
     let mut settings = ProbeSettings::defaults(Arc::new(spec));
@@ -866,6 +883,22 @@ mod tests {
     }
 
     #[test]
+    fn a_value_of_a_byte_count_type_is_in_bytes_unless_the_config_says_otherwise() {
+        let metrics = |yaml: &str| -> Vec<String> {
+            let config = parse(yaml).expect("parses");
+            config.probes[0].spec.metrics.iter().map(|m| m.name.clone()).collect()
+        };
+        // size_t count
+        assert_eq!(metrics("probes:\n  r:\n    kprobe: vfs_read\n    value: count\n"), ["r_total", "r_bytes"]);
+        assert_eq!(
+            metrics("probes:\n  r:\n    kprobe: vfs_read\n    value: count\n    unit: none\n"),
+            ["r_total", "r_value"]
+        );
+        // loff_t *pos is a pointer, refused as a value; an int is a plain number
+        assert_eq!(metrics("probes:\n  s:\n    kprobe: do_send_sig_info\n    value: sig\n"), ["s_total", "s_value"]);
+    }
+
+    #[test]
     fn a_kretprobe_reads_ret_and_saves_arguments_only_when_it_reads_them() {
         let config =
             parse("probes:\n  got:\n    kretprobe: vfs_read\n    value: ret\n    hook: kretprobe\n").expect("parses");
@@ -878,6 +911,9 @@ mod tests {
                 (HookKind::Kprobe, pairs(&[("custom_kretprobe", "vfs_read (return)")])),
             ]
         );
+        // vfs_read returns ssize_t: bytes, without `unit:`
+        let names: Vec<&str> = settings.spec.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["got_total", "got_bytes"]);
         let custom = settings.spec.custom.as_ref().expect("custom");
         let ret = custom.value_slot().expect("ret");
         assert_eq!((ret.field.offset, ret.field.kind), (4, FieldKind::Number { signed: true }));
