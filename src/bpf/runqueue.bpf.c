@@ -165,7 +165,9 @@ static __always_inline void tp_wakeup(__u32 pid, const char comm_in_ctx[TASK_COM
 	char comm[TASK_COMM_LEN];
 
 	if (filter_comm_count) {
-		__builtin_memcpy(comm, comm_in_ctx, TASK_COMM_LEN);
+		/* copied by a helper: the verifier refuses loads through a
+		 * context pointer moved to the field, which an inline copy is */
+		bpf_probe_read_kernel(comm, TASK_COMM_LEN, comm_in_ctx);
 		if (!comm_wanted(comm))
 			return;
 	}

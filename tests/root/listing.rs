@@ -17,6 +17,7 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("probes_json_says_the_same_as_the_text", probes_json),
         Trial::test("metrics_export_each_programs_hook_and_verifier_facts", program_metrics),
         Trial::test("probes_with_a_config_lists_its_config_defined_probes", config_defined),
+        Trial::test("every_hook_of_every_probe_loads_with_comm_and_pid_filters", filtered_hooks_load),
     ]
 }
 
@@ -246,4 +247,42 @@ fn config_defined() -> Result<(), Failed> {
     expect(out.status.code() == Some(2), format!("bad config: exit {:?}, {stderr}", out.status.code()))?;
     expect(out.stdout.is_empty(), format!("bad config still listed: {}", String::from_utf8_lossy(&out.stdout)))?;
     expect(stderr.contains(&format!("{path}:4:")), format!("bad config error not located: {stderr}"))
+}
+
+/// Filters change the programs the verifier sees (`.rodata` constants
+/// decide which branches are live): every hook of every probe, forced, must
+/// load with a comm filter and with a pid filter. On kernels without
+/// kprobes or fentry, those hooks may fail only for that reason, never
+/// because the verifier refused a program.
+fn filtered_hooks_load() -> Result<(), Failed> {
+    let out = sonde(&["probes", "--output", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))?;
+    let mut failures = Vec::new();
+    for probe in json["probes"].as_array().ok_or("no probes array")? {
+        let name = probe["name"].as_str().ok_or("probe without a name")?;
+        let hooks: Vec<&str> =
+            probe["hooks"].as_array().ok_or("no hooks")?.iter().filter_map(|h| h["kind"].as_str()).collect();
+        // a probe with one hook kind takes no `hook:` setting
+        let forced: Vec<Option<&str>> =
+            if hooks.len() > 1 { hooks.iter().copied().map(Some).collect() } else { vec![None] };
+        for hook in forced {
+            for filter in ["{comm: [sonde-nobody, sonde-none]}", "{pid: 1}"] {
+                let hook_line = hook.map(|h| format!("    hook: {h}\n")).unwrap_or_default();
+                let config = ConfigFile::new(&format!("probes:\n  {name}:\n{hook_line}    filter: {filter}\n"));
+                let out = sonde(&["check", "--attach", "--config", &config.path.display().to_string()]);
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                if out.status.success() {
+                    continue;
+                }
+                let environment = (!kernel::has_kprobes() && stdout.contains("no kprobe PMU"))
+                    || stdout.contains("failed to open '/sys/bus/event_source/devices/kprobe/type'")
+                    || (!kernel::expects_fentry() && stdout.contains("fentry"));
+                let refused = stdout.contains("-EACCES") || stdout.contains("Permission denied (os error 13)");
+                if refused || !environment {
+                    failures.push(format!("{name} hook={hook:?} filter={filter}: {}", stdout.trim()));
+                }
+            }
+        }
+    }
+    expect(failures.is_empty(), failures.join("\n"))
 }
