@@ -72,24 +72,18 @@ impl KernelBtf {
     /// such function or typedef. A tracepoint's arguments are those of
     /// typedef `btf_trace_<tp>` after its first (the context).
     pub fn param_count(&self, name: &str) -> Option<usize> {
-        let mut ty = self.btf.as_ref()?.type_by_name::<BtfType<'_>>(name)?;
-        while ty.kind() != BtfKind::FuncProto {
-            match ty.kind() {
-                BtfKind::Func | BtfKind::Typedef | BtfKind::Ptr => ty = ty.next_type()?,
-                _ => return None,
-            }
-        }
-        FuncProto::try_from(ty).ok().map(|proto| proto.len())
+        func_proto(self.btf.as_ref()?.type_by_name::<BtfType<'_>>(name)?).map(|proto| proto.len())
     }
 
     /// Function `name`'s prototype here; None when the kernel has no such
     /// function.
     pub fn prototype(&self, name: &str) -> Option<Prototype> {
         let func = self.btf.as_ref()?.type_by_name::<BtfType<'_>>(name)?;
+        // a function, not a typedef of a function pointer
         if func.kind() != BtfKind::Func {
             return None;
         }
-        let proto = FuncProto::try_from(func.next_type()?).ok()?;
+        let proto = func_proto(func)?;
         let btf = self.btf.as_ref()?;
         let params = proto
             .iter()
@@ -116,6 +110,17 @@ impl KernelBtf {
                 .collect(),
         )
     }
+}
+
+/// The prototype a function, a typedef or a pointer leads to.
+fn func_proto(mut ty: BtfType<'_>) -> Option<FuncProto<'_>> {
+    while ty.kind() != BtfKind::FuncProto {
+        match ty.kind() {
+            BtfKind::Func | BtfKind::Typedef | BtfKind::Ptr => ty = ty.next_type()?,
+            _ => return None,
+        }
+    }
+    FuncProto::try_from(ty).ok()
 }
 
 fn value(name: String, ty: Option<BtfType<'_>>) -> Value {
