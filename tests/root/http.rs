@@ -40,6 +40,12 @@ fn idle_connections() -> Result<(), Failed> {
     for _ in 0..IDLE_CONNECTIONS {
         idle.push(TcpStream::connect(("127.0.0.1", agent.port))?);
     }
+    // More connections than the listen backlog holds: under emulation the
+    // agent accepts slower than they arrive, and a scrape queued behind a
+    // full backlog waits out the kernel's SYN-ACK retransmission back-off
+    // (1, 2, 4, 8 s), which says nothing about the agent. Scrape once the
+    // agent has taken every queued connection.
+    accept_queue_drained(agent.port, Duration::from_secs(60))?;
     let all_open = Instant::now();
     expect_usual_metrics(&agent.scrape())?;
 
@@ -168,6 +174,47 @@ fn raise_own_nofile(want: u64) -> Result<(), Failed> {
     // SAFETY: setrlimit reads the struct we pass.
     let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0;
     expect(raised, format!("raising this test's RLIMIT_NOFILE to {want}: {}", std::io::Error::last_os_error()))
+}
+
+/// Waits until the listening socket on 127.0.0.1:`port` has no
+/// connection left in its accept queue (a listener's `rx_queue` in
+/// /proc/net/tcp, `ss`'s Recv-Q) nor any handshake waiting to enter it
+/// (SYN_RECV request sockets, whose final ACK a full queue dropped).
+fn accept_queue_drained(port: u16, within: Duration) -> Result<(), Failed> {
+    let deadline = Instant::now() + within;
+    let local = format!("0100007F:{port:04X}");
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp")?;
+        let mut listening = false;
+        let mut waiting = 0u64;
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1) != Some(&local.as_str()) {
+                continue;
+            }
+            match fields.get(3) {
+                Some(&"0A") => {
+                    listening = true;
+                    let queued = fields.get(4).and_then(|q| q.split_once(':'));
+                    waiting += queued.and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok()).unwrap_or(0);
+                }
+                Some(&"03") => waiting += 1,
+                _ => {}
+            }
+        }
+        if !listening {
+            return Err(format!("no listening socket on 127.0.0.1:{port} in /proc/net/tcp").into());
+        }
+        if waiting == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(
+                format!("{waiting} connections still waiting to be accepted by the agent after {within:?}").into()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn descriptors(pid: i32) -> std::io::Result<usize> {
