@@ -19,17 +19,14 @@ pub fn trials() -> Vec<Trial> {
     if !kernel::has_kprobes() {
         trials.push(Trial::test("custom_function_kprobe_programs_pass_the_verifier_without_kprobes", verified));
     }
-    let hooks = kernel::has_kprobes() || kernel::expects_fentry();
-    let best = |entry: &'static str, ret: &'static str| if kernel::expects_fentry() { entry } else { ret };
+    let best_hook = kernel::best_function_hook();
+    let hooks = best_hook.is_some();
+    // the name a best-hook trial expects where it runs at all (else ignored)
+    let best = best_hook.unwrap_or("kprobe");
     let counting: [(&str, &str, Option<&str>, &str); 4] = [
-        ("custom_kprobe_vfs_read_counts_calls_and_bytes_on_the_best_hook", "kprobe", None, best("fentry", "kprobe")),
+        ("custom_kprobe_vfs_read_counts_calls_and_bytes_on_the_best_hook", "kprobe", None, best),
         ("custom_kprobe_vfs_read_counts_calls_and_bytes_on_kprobe", "kprobe", Some("kprobe"), "kprobe"),
-        (
-            "custom_kretprobe_vfs_read_counts_returns_and_bytes_on_the_best_hook",
-            "kretprobe",
-            None,
-            best("fentry", "kprobe"),
-        ),
+        ("custom_kretprobe_vfs_read_counts_returns_and_bytes_on_the_best_hook", "kretprobe", None, best),
         ("custom_kretprobe_vfs_read_counts_returns_and_bytes_on_kretprobe", "kretprobe", Some("kretprobe"), "kprobe"),
     ];
     for (name, key, hook, used) in counting {

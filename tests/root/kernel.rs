@@ -26,6 +26,18 @@ pub fn expects_fentry() -> bool {
     }
 }
 
+/// The hook a probe on a kernel function picks here (`hook: auto`):
+/// fentry, else kprobe; None when the kernel has neither.
+pub fn best_function_hook() -> Option<&'static str> {
+    if expects_fentry() {
+        Some("fentry")
+    } else if has_kprobes() {
+        Some("kprobe")
+    } else {
+        None
+    }
+}
+
 /// CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, seen through the function it
 /// builds (`register_ftrace_direct`, `_multi` on 6.1).
 pub fn has_ftrace_direct_calls() -> bool {

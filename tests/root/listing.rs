@@ -23,7 +23,7 @@ pub fn trials() -> Vec<Trial> {
 
 /// The hook each built-in probe should use on this kernel; None: unsupported.
 fn expected_hooks() -> Vec<(&'static str, Option<&'static str>)> {
-    let best_function_hook = best_function_hook();
+    let best_function_hook = kernel::best_function_hook();
     vec![
         ("block_io", Some("tp_btf")),
         ("cfs_throttle", best_function_hook),
@@ -43,18 +43,6 @@ fn expected_hooks() -> Vec<(&'static str, Option<&'static str>)> {
         ("tcp", Some("tracepoint")),
         ("vfs_io", best_function_hook),
     ]
-}
-
-/// The hook a probe on a kernel function uses here: fentry, else kprobe,
-/// else none.
-fn best_function_hook() -> Option<&'static str> {
-    if kernel::expects_fentry() {
-        Some("fentry")
-    } else if kernel::has_kprobes() {
-        Some("kprobe")
-    } else {
-        None
-    }
 }
 
 /// Whether the kernel reports `verified_insns` (Linux 5.16 and later).
@@ -217,7 +205,7 @@ fn config_defined() -> Result<(), Failed> {
     expect(signals.contains(&"  metric   sonde_signals_by_number_total (counter)"), format!("{signals:#?}"))?;
     expect(signals.iter().any(|l| l.starts_with("  program  custom_tracepoint: ")), format!("{signals:#?}"))?;
     let reads = block(&stdout, "read_sizes");
-    match best_function_hook() {
+    match kernel::best_function_hook() {
         Some(hook) => {
             let want = format!("  kernel   supported, via {hook}");
             expect(reads.iter().any(|l| *l == want), format!("read_sizes: want {want:?} in {reads:#?}"))?;

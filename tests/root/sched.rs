@@ -27,7 +27,7 @@ pub fn trials() -> Vec<Trial> {
         }),
         Trial::ignorable_test("cfs_throttle_counts_throttles_of_a_cpu_limited_cgroup", cfs_throttle_counts),
     ];
-    if !cfs_throttle_hook_expected() {
+    if kernel::best_function_hook().is_none() {
         trials.push(Trial::test("cfs_throttle_reported_unsupported", cfs_throttle_unsupported));
     }
     trials
@@ -138,21 +138,6 @@ fn loopback_round_trips(n: usize) {
     echo.join().expect("echo thread");
 }
 
-/// The hook `auto` picks for cfs_throttle here, if any.
-fn cfs_throttle_hook() -> Option<&'static str> {
-    if kernel::expects_fentry() {
-        Some("fentry")
-    } else if kernel::has_kprobes() {
-        Some("kprobe")
-    } else {
-        None
-    }
-}
-
-fn cfs_throttle_hook_expected() -> bool {
-    cfs_throttle_hook().is_some()
-}
-
 /// A cgroup v2 child with the cpu controller and a quota of 10 ms per
 /// 100 ms period.
 fn cpu_limited_cgroup(name: &str) -> Result<Cgroup, Failed> {
@@ -184,7 +169,7 @@ fn nr_throttled(cgroup: &Cgroup) -> Result<f64, Failed> {
 /// nr_throttled: a period timer running late counts the periods it missed
 /// (its overrun) into nr_throttled for one throttling.
 fn cfs_throttle_counts() -> Result<Completion, Failed> {
-    let Some(hook) = cfs_throttle_hook() else {
+    let Some(hook) = kernel::best_function_hook() else {
         return Ok(Completion::ignored_with(
             "this kernel has neither kprobes nor fentry: cfs_throttle is reported unsupported here \
              (cfs_throttle_reported_unsupported); the count is tested in the VMs",
