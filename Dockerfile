@@ -22,10 +22,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # A static-pie binary (glibc's crt-static, libbpf/libelf/zlib linked in), so
-# the image needs no C library. --target keeps crt-static off the build
-# scripts and proc macros, which run on the builder.
-ENV RUSTFLAGS="-C target-feature=+crt-static" \
-    CARGO_BUILD_FLAGS="--release --locked --features static"
+# the image needs no C library: scripts/static-build-env.sh sets the build's
+# environment, the same file CI sources for the binary it tests (and runs in
+# this image's final stage).
+COPY scripts/static-build-env.sh scripts/
 
 # Dependencies first, in a layer of their own: it is rebuilt only when
 # Cargo.toml or Cargo.lock change, not with every change to sonde's sources.
@@ -37,9 +37,8 @@ RUN mkdir -p src benches tests/root tests/services \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs benches/encode.rs tests/root/main.rs tests/services/main.rs
 RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
-    arch="$(uname -m)" \
- && LIBBPF_SYS_LIBRARY_PATH="/usr/lib/$arch-linux-gnu" \
-    cargo build $CARGO_BUILD_FLAGS --target "$arch-unknown-linux-gnu"
+    . scripts/static-build-env.sh \
+ && cargo build --release --locked
 
 COPY build.rs ./
 COPY build build
@@ -49,14 +48,15 @@ COPY src src
 # touching the crate roots makes cargo rebuild sonde itself. --offline: every
 # crate was fetched above.
 RUN touch build.rs src/main.rs src/lib.rs \
- && arch="$(uname -m)" \
- && LIBBPF_SYS_LIBRARY_PATH="/usr/lib/$arch-linux-gnu" \
-    cargo build $CARGO_BUILD_FLAGS --offline --target "$arch-unknown-linux-gnu" \
- && install -D -m 0755 "target/$arch-unknown-linux-gnu/release/sonde" /out/usr/bin/sonde \
+ && . scripts/static-build-env.sh \
+ && cargo build --release --locked --offline \
+ && install -D -m 0755 "target/$CARGO_BUILD_TARGET/release/sonde" /out/usr/bin/sonde \
  && ! ldd /out/usr/bin/sonde 2>/dev/null | grep -q '=>'
 
 # Nothing but the binary: no shell, no C library, no CA certificates (sonde
-# makes no outbound connection).
+# makes no outbound connection). CI builds this stage alone around the binary
+# it tested (tests/container/run.sh): keep `COPY --from=build /out/ /` its
+# only copy.
 FROM scratch
 COPY --from=build /out/ /
 LABEL org.opencontainers.image.title="sonde" \

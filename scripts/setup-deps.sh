@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing sonde needs on Debian/Ubuntu: clang for
-# the BPF programs, libelf/zlib/pkg-config for libbpf, bpftool. Idempotent:
-# packages already present are not reinstalled. Run as root.
+# the BPF programs, libelf/zlib/pkg-config for libbpf, bpftool, and iptables
+# (a root test drops packets with a netfilter rule in a network namespace of
+# its own). Idempotent: packages already present are not reinstalled. Run as
+# root.
 set -euo pipefail
 
-packages=(clang-19 libelf-dev zlib1g-dev pkg-config bpftool make)
+packages=(clang-19 libelf-dev zlib1g-dev pkg-config bpftool make iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

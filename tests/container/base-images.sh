@@ -10,7 +10,10 @@
 # Each is tagged under localhost/ and docker.io/library/ so that `FROM rust:…`
 # resolves with --pull=never. Images that exist are kept (FORCE=1 remakes).
 #
-#   tests/container/base-images.sh        # needs root, podman, debootstrap
+#   tests/container/base-images.sh [debian] [rust]   # needs root, podman, debootstrap
+#
+# With no argument both are made; `debian` alone is what the workload
+# containers need when the sonde image is built around a prebuilt binary.
 #
 # Env: SONDE_CT_WORK (scratch directory), MIRROR (Debian mirror; default: the
 # host's), FORCE=1.
@@ -118,5 +121,11 @@ CONTAINERFILE
     rm -rf "$ctx"
 }
 
-debian_image
-rust_image
+[[ $# -gt 0 ]] || set -- debian rust
+for image in "$@"; do
+    case "$image" in
+        debian) debian_image ;;
+        rust) debian_image && rust_image ;;
+        *) log "unknown base image '$image' (debian or rust)"; exit 2 ;;
+    esac
+done

@@ -6,10 +6,18 @@
 #
 #   tests/container/run.sh            # as root; .ci/run runs it
 #
+# The image: by default (as CI runs it) the Dockerfile's final stage around a
+# sonde that was already built and tested: SONDE_IMAGE_BIN, or the static
+# build CI makes (target/<arch>-unknown-linux-gnu/release/sonde, from
+# scripts/static-build-env.sh, which the Dockerfile's build stage sources
+# too). podman builds that image once and docker loads it from podman
+# (`podman save | docker load`): one image, two engines. The from-source
+# build the README shows (`<engine> build .`, the Rust builder stage) runs
+# with SONDE_CT_FROM_SOURCE=1, as before, under both engines; by default
+# only its agreement with CI's build is checked (same environment script,
+# same cargo command, same clang).
+#
 # For each engine:
-#   - the README's `<engine> build` line builds the image (plus this
-#     machine's flags: --pull=never, host networking, the host's CA bundle as
-#     a build secret, so it reaches crates.io and is in no layer);
 #   - the README's `<engine> run` line, extracted and run as written, starts
 #     sonde; /healthz must answer 200;
 #   - a uniquely named program is exec'd N times on the host and N times in
@@ -30,12 +38,16 @@
 # cannot run (dockerd not starting: INFRA), and a summary; exits 1 on any FAIL.
 #
 # Env: SONDE_CT_WORK (kept between runs: containers.conf, docker's data root;
-# default /var/tmp/sonde-container), SONDE_CT_EXECS (N, default 7).
+# default /var/tmp/sonde-container), SONDE_CT_EXECS (N, default 7),
+# SONDE_IMAGE_BIN (the static sonde the image carries), SONDE_CT_FROM_SOURCE=1
+# (build the image from source with the README's build lines instead).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
 export SONDE_CT_WORK=${SONDE_CT_WORK:-/var/tmp/sonde-container}
 EXECS=${SONDE_CT_EXECS:-7}
+FROM_SOURCE=${SONDE_CT_FROM_SOURCE:-0}
+IMAGE_BIN=${SONDE_IMAGE_BIN:-$REPO/target/$(uname -m)-unknown-linux-gnu/release/sonde}
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 RUN_DIR=$(mktemp -d /tmp/sonde-container.XXXXXX)
 DOCKER_SOCK=/run/sonde-ct-docker.sock
@@ -76,7 +88,12 @@ trap 'interrupted=1; exit 130' INT TERM
 # ---------------------------------------------------------------- setup
 install_packages() {
     local missing=() p
-    for p in podman runc debootstrap docker.io curl bpftool python3-yaml python3-jsonschema; do
+    # (catatonit: the pause process of `podman kube play`'s pods, only a
+    # recommendation of podman's package; containernetworking-plugins and
+    # iptables: the pod's bridge network, named rather than left to apt's
+    # choice for podman's virtual network stack)
+    for p in podman runc catatonit containernetworking-plugins iptables debootstrap docker.io curl bpftool \
+        python3-yaml python3-jsonschema; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [[ ${#missing[@]} -eq 0 ]] && return
@@ -296,29 +313,75 @@ identity_scenario() {
 
 # ---------------------------------------------------------------- podman
 podman_section() {
-    local line t0 log=$RUN_DIR/podman-build.log
+    local line t0 log=$RUN_DIR/podman-build.log bases=debian
     # shellcheck source=tests/container/podman-env.sh
     source tests/container/podman-env.sh
     podman_env
     t0=$(date +%s)
-    if tests/container/base-images.sh > "$RUN_DIR/base-images.log" 2>&1; then
+    [[ $FROM_SOURCE != 1 ]] || bases="debian rust"
+    # shellcheck disable=SC2086  # word list
+    if tests/container/base-images.sh $bases > "$RUN_DIR/base-images.log" 2>&1; then
         pass "base images made locally, no registry ($(since "$t0"))"
     else
         fail "base images"; tail -n 20 "$RUN_DIR/base-images.log" | sed 's/^/      /'; return
     fi
 
-    line=$(readme_command podman build) || return
     t0=$(date +%s)
-    # The README's line as written, with this machine's flags after `build`.
-    if eval "podman build --pull=never --network host --secret id=ca-certificates,src=$CA_BUNDLE ${line#podman build}" \
-        > "$log" 2>&1; then
-        podman_image=built
-        pass "podman: README build line: image built ($(since "$t0")), $(podman image inspect -f '{{.Size}}' sonde:latest) bytes"
+    if [[ $FROM_SOURCE == 1 ]]; then
+        line=$(readme_command podman build) || return
+        # The README's line as written, with this machine's flags after `build`.
+        if eval "podman build --pull=never --network host --secret id=ca-certificates,src=$CA_BUNDLE ${line#podman build}" \
+            > "$log" 2>&1; then
+            podman_image=built
+            pass "podman: README build line: image built ($(since "$t0")), $(podman image inspect -f '{{.Size}}' sonde:latest) bytes"
+        else
+            fail "podman: README build line failed"; tail -n 30 "$log" | sed 's/^/      /'; return
+        fi
     else
-        fail "podman: README build line failed"; tail -n 30 "$log" | sed 's/^/      /'; return
+        dockerfile_builds_like_ci
+        if build_from_binary > "$log" 2>&1; then
+            podman_image=built
+            pass "podman: the Dockerfile's final stage around $IMAGE_BIN: image built ($(since "$t0")), $(podman image inspect -f '{{.Size}}' sonde:latest) bytes"
+        else
+            fail "podman: building the image around $IMAGE_BIN"; tail -n 30 "$log" | sed 's/^/      /'; return
+        fi
     fi
     run_scenario podman docker.io/library/debian:bookworm-slim
     identity_scenario podman docker.io/library/debian:bookworm-slim
+}
+
+# The Dockerfile's final stage (from its last `FROM scratch` on), built with
+# podman around IMAGE_BIN in place of the build stage's /out/usr/bin/sonde:
+# the same labels, entrypoint and layout as the image the README builds.
+build_from_binary() {
+    local ctx=$RUN_DIR/image-context
+    [[ -x $IMAGE_BIN ]] || { echo "no sonde at $IMAGE_BIN (build it: . scripts/static-build-env.sh && cargo build --release)"; return 1; }
+    if ldd "$IMAGE_BIN" 2>/dev/null | grep -q '=>'; then
+        echo "$IMAGE_BIN is not static: build it with scripts/static-build-env.sh"; return 1
+    fi
+    rm -rf "$ctx"; mkdir -p "$ctx/out/usr/bin"
+    install -m 0755 "$IMAGE_BIN" "$ctx/out/usr/bin/sonde"
+    awk '/^FROM scratch/ { final = NR } { line[NR] = $0 } END { for (i = final; i <= NR; i++) print line[i] }' \
+        Dockerfile > "$ctx/Containerfile"
+    grep -q '^COPY --from=build /out/ /$' "$ctx/Containerfile" ||
+        { echo "the Dockerfile's final stage lacks \`COPY --from=build /out/ /\`"; return 1; }
+    sed -i 's#^COPY --from=build /out/ /$#COPY out/ /#' "$ctx/Containerfile"
+    podman build --pull=never -t sonde:latest -f "$ctx/Containerfile" "$ctx"
+}
+
+# What the README's from-source build runs is what CI ran: the Dockerfile's
+# build stage sources scripts/static-build-env.sh and runs `cargo build
+# --release --locked` with the clang that scripts/setup-deps.sh installs.
+dockerfile_builds_like_ci() {
+    local clang
+    clang=$(grep -o 'clang-[0-9]*' scripts/setup-deps.sh | head -n 1)
+    if grep -q '^ *&& *\. scripts/static-build-env.sh' Dockerfile &&
+        grep -q 'cargo build --release --locked --offline' Dockerfile &&
+        grep -q "apt-get install .*$clang" Dockerfile; then
+        pass "Dockerfile: its build stage sources scripts/static-build-env.sh and builds with $clang, as CI's build did"
+    else
+        fail "Dockerfile: its build stage no longer builds as CI does (scripts/static-build-env.sh, cargo build --release --locked, $clang)"
+    fi
 }
 
 # ---------------------------------------------------------------- docker
@@ -382,20 +445,31 @@ docker_section() {
     fi
     pass "docker: Debian's dockerd $(docker version -f '{{.Server.Version}}') started on $DOCKER_SOCK"
     t0=$(date +%s)
-    for img in docker.io/library/debian:bookworm-slim \
-        "docker.io/library/rust:$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)-bookworm"; do
+    local images=(docker.io/library/debian:bookworm-slim)
+    [[ $FROM_SOURCE != 1 ]] || images+=("docker.io/library/rust:$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)-bookworm")
+    for img in "${images[@]}"; do
         to_docker "$img" || { fail "docker: loading $img from podman's storage"; return; }
     done
     note "docker: base images loaded from podman's storage ($(since "$t0"))"
 
-    line=$(readme_command docker build) || return
     t0=$(date +%s)
-    # BuildKit: the Dockerfile mounts the CA bundle as a build secret.
-    if eval "DOCKER_BUILDKIT=1 docker build --network host --secret id=ca-certificates,src=$CA_BUNDLE ${line#docker build}" \
-        > "$log" 2>&1; then
-        pass "docker: README build line: image built ($(since "$t0")), $(docker image inspect -f '{{.Size}}' sonde:latest) bytes"
+    if [[ $FROM_SOURCE == 1 ]]; then
+        line=$(readme_command docker build) || return
+        # BuildKit: the Dockerfile mounts the CA bundle as a build secret.
+        if eval "DOCKER_BUILDKIT=1 docker build --network host --secret id=ca-certificates,src=$CA_BUNDLE ${line#docker build}" \
+            > "$log" 2>&1; then
+            pass "docker: README build line: image built ($(since "$t0")), $(docker image inspect -f '{{.Size}}' sonde:latest) bytes"
+        else
+            fail "docker: README build line failed"; tail -n 30 "$log" | sed 's/^/      /'; return
+        fi
     else
-        fail "docker: README build line failed"; tail -n 30 "$log" | sed 's/^/      /'; return
+        # The image podman built, not a second build.
+        if podman save --format docker-archive localhost/sonde:latest | docker load > "$log" 2>&1 &&
+            docker tag localhost/sonde:latest sonde:latest >> "$log" 2>&1; then
+            pass "docker: the image podman built, loaded (podman save | docker load, $(since "$t0")), $(docker image inspect -f '{{.Size}}' sonde:latest) bytes"
+        else
+            fail "docker: loading podman's sonde:latest"; tail -n 30 "$log" | sed 's/^/      /'; return
+        fi
     fi
     run_scenario docker docker.io/library/debian:bookworm-slim
     identity_scenario docker docker.io/library/debian:bookworm-slim

@@ -34,6 +34,24 @@ mod workload;
 
 use libtest_mimic::{Arguments, Trial};
 
+/// Tests whose outcome does not depend on the kernel: the HTTP server, the
+/// web config (TLS, authentication) and config errors found before anything
+/// loads. The VM suite runs the binary with `SONDE_ROOT_TESTS=kernel`, which
+/// leaves these out: they run once, on the host.
+const KERNEL_INDEPENDENT: &[&str] = &[
+    "bad_config_exits_2_with_its_location",
+    "bad_reload_keeps_running_and_reports_the_location",
+    "http_serves_index_healthz_and_404",
+    "scrape_parser_unescapes_and_refuses_duplicate_series",
+    "http_idle_connections_leave_metrics_answering",
+    "http_out_of_descriptors_closes_idle_connections",
+    "http_gzip_scrape_and_405_with_allow",
+    "web_tls_scrape_and_basic_auth",
+    "web_client_certificate_required_and_verified",
+    "web_config_change_takes_effect_without_restart",
+    "web_bad_config_at_start_exits_2_before_loading_probes",
+];
+
 fn main() {
     if let Some(code) = workload::dispatch() {
         std::process::exit(code);
@@ -59,6 +77,14 @@ fn main() {
     trials.extend(http::trials());
     trials.extend(web::trials());
     trials.extend(privileges::trials());
+    if let Some(stale) = KERNEL_INDEPENDENT.iter().find(|n| !trials.iter().any(|t| t.name() == **n)) {
+        panic!("KERNEL_INDEPENDENT names {stale}, which is not a test");
+    }
+    match std::env::var("SONDE_ROOT_TESTS").as_deref() {
+        Ok("kernel") => trials.retain(|t| !KERNEL_INDEPENDENT.contains(&t.name())),
+        Ok("all") | Err(_) => {}
+        Ok(other) => panic!("SONDE_ROOT_TESTS={other}: want `kernel` or `all`"),
+    }
     let trials = trials.into_iter().map(|t| if root { t } else { t.with_ignored_flag(true) }).collect::<Vec<Trial>>();
     if !root {
         eprintln!(

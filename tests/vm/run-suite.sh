@@ -1,25 +1,35 @@
 #!/bin/bash
-# run-suite.sh [--kernels "debian-5.10 debian-6.1 debian-6.12 debian-7.x"]
-#              [--no-host] [--no-build] [--no-docs] [--out DIR]
-#              [--kernels-dir DIR] [-- TEST_ARGS...]
+# run-suite.sh --full
+# run-suite.sh [--kernels "debian-5.10 debian-7.x"] [--no-host] [--no-build]
+#              [--docs] [--out DIR] [--kernels-dir DIR] [-- TEST_ARGS...]
 #
 # Runs sonde's root test suite (`cargo test --test root`) on Debian's
 # kprobe-capable kernels under qemu (TCG) and on this machine's own kernel,
-# prints a test x kernel table and writes it as markdown to docs/kernels.md.
-# See tests/vm/README.md for the contract with the test binary.
+# and prints a test x kernel table.
 #
-#   --kernels LIST    kernels to boot (default "debian-5.10 debian-6.1
-#                     debian-6.12 debian-7.x debian-arm64-6.1"; names as in
-#                     fetch-kernels.sh; "" for none). An arm64 kernel runs
+#   --full            the record: every kernel (debian-5.10, -6.1, -6.12,
+#                     -7.x, -arm64-6.1) and the host, written to
+#                     docs/kernels.md with the hash of the BPF inputs it ran
+#                     (tests/vm/bpf-inputs.sh), which CI checks. Run it after
+#                     every change to those inputs, and commit the result.
+#   --kernels LIST    kernels to boot (default "debian-5.10 debian-7.x", the
+#                     oldest and newest, as CI boots on every run; names as
+#                     in fetch-kernels.sh; "" for none). An arm64 kernel runs
 #                     aarch64 builds of both binaries under qemu-system-aarch64.
 #   --no-host         do not run the suite natively on the host kernel
 #   --no-build        do not build; use SONDE_VM_BIN/SONDE_VM_TESTBIN or the
 #                     binaries recorded by the last build (target/vm/vm-binaries)
-#   --no-docs         do not write the markdown matrix
+#   --docs            write the markdown matrix (--full does; a partial
+#                     matrix carries no BPF-inputs hash)
 #   --out DIR         per-kernel results (default target/vm/results)
-#   --kernels-dir DIR downloaded kernels (default target/vm/kernels)
+#   --kernels-dir DIR downloaded kernels (default ~/.cache/sonde-vm/kernels:
+#                     a cache, only an optimisation)
 #   -- TEST_ARGS      extra arguments for the test binary (e.g. a name filter),
 #                     after --test-threads=1
+#
+# In the VMs the test binary runs with SONDE_ROOT_TESTS=kernel: the tests
+# that do not depend on the kernel (HTTP, web config, config errors; listed
+# in tests/root/main.rs) run on the host only.
 #
 # Environment:
 #   SONDE_VM_BIN, SONDE_VM_TESTBIN  use these static binaries, skip the build
@@ -28,9 +38,10 @@
 #   SONDE_VM_ENV       extra host variable names passed into the guests
 #                      (RUST_BACKTRACE and RUST_LOG always are)
 #   SONDE_VM_NO_INSTALL=1  never apt-get install; fail if a package is missing
-#   SONDE_VM_RETRIES=1 times a VM run that ended in an infrastructure failure
-#                      (crash, hang: no exit marker) is booted again; the
-#                      retry is reported in the table and the markdown
+#   SONDE_VM_RETRIES=2 times a VM run that ended in an infrastructure failure
+#                      (crash, hang: no exit marker) is booted again; the new
+#                      boot resumes with the tests that had not finished, and
+#                      the retry is reported in the table and the markdown
 #   MEM=1024 SMP=2 TIMEOUT=600 APPEND= CPU=  passed to run-in-vm.sh; TIMEOUT
 #                      also bounds the host run
 #   TIMEOUT_AARCH64=2400  TIMEOUT for arm64 kernels (TCG emulates a foreign
@@ -54,17 +65,20 @@ log() { printf 'run-suite: %s\n' "$*" >&2; }
 die() { printf 'run-suite: ERROR: %s\n' "$*" >&2; exit "${2:-2}"; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
-KERNELS="debian-5.10 debian-6.1 debian-6.12 debian-7.x debian-arm64-6.1"
-HOST=1 BUILD=1 DOCS=1
+ALL_KERNELS="debian-5.10 debian-6.1 debian-6.12 debian-7.x debian-arm64-6.1"
+KERNELS="debian-5.10 debian-7.x"
+HOST=1 BUILD=1 DOCS=0 FULL=0
 OUT=$REPO/target/vm/results
-KDIR=$REPO/target/vm/kernels
+KDIR=${XDG_CACHE_HOME:-$HOME/.cache}/sonde-vm/kernels
 TEST_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
+        --full) FULL=1; shift ;;
         --kernels) [ $# -ge 2 ] || usage; KERNELS=$2; shift 2 ;;
         --kernels=*) KERNELS=${1#*=}; shift ;;
         --no-host) HOST=0; shift ;;
         --no-build) BUILD=0; shift ;;
+        --docs) DOCS=1; shift ;;
         --no-docs) DOCS=0; shift ;;
         --out) [ $# -ge 2 ] || usage; OUT=$2; shift 2 ;;
         --kernels-dir) [ $# -ge 2 ] || usage; KDIR=$2; shift 2 ;;
@@ -73,6 +87,13 @@ while [ $# -gt 0 ]; do
         *) log "unknown argument: $1"; usage ;;
     esac
 done
+if [ "$FULL" = 1 ]; then
+    [ ${#TEST_ARGS[@]} -eq 0 ] || die "--full runs every test: no TEST_ARGS"
+    [ "$HOST" = 1 ] || die "--full runs the host too: no --no-host"
+    KERNELS=$ALL_KERNELS DOCS=1
+    # The inputs the record is of, taken before the build.
+    BPF_INPUTS=$("$HERE/bpf-inputs.sh")
+fi
 KNOWN=" $("$HERE/fetch-kernels.sh" --list) "
 for k in $KERNELS; do
     case "$KNOWN" in *" $k "*) ;; *) die "unknown kernel '$k' (known: $("$HERE/fetch-kernels.sh" --list))" ;; esac
@@ -88,7 +109,7 @@ MD=${SONDE_KERNELS_MD:-$REPO/docs/kernels.md}
 export MEM=${MEM:-1024} SMP=${SMP:-2} TIMEOUT=${TIMEOUT:-600}
 # an ext4 disk for fs_latency's tests (run-in-vm.sh)
 export VM_EXT4_MB=${VM_EXT4_MB:-64}
-RETRIES=${SONDE_VM_RETRIES:-1}
+RETRIES=${SONDE_VM_RETRIES:-2}
 SUITE_START=$(date +%s)
 
 # ---------------------------------------------------------------- packages
@@ -134,11 +155,11 @@ recorded() { sed -n "s/^$1=//p" "$RECORD" 2>/dev/null | tail -1; }
 SONDE=${SONDE_VM_BIN:-}
 TESTBIN=${SONDE_VM_TESTBIN:-}
 
-# cargo with the static-build environment; JSON artifacts on stdout.
+# cargo in the static build's environment (scripts/static-build-env.sh, as
+# CI and the image build): target/<triple>/, shared with CI's build; JSON
+# artifacts on stdout.
 static_cargo() {
-    (cd "$REPO" && env RUSTFLAGS='-C target-feature=+crt-static' \
-        LIBBPF_SYS_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu CARGO_TARGET_DIR=target/vm \
-        cargo "$@" --message-format=json-render-diagnostics)
+    (cd "$REPO" && . scripts/static-build-env.sh && cargo "$@" --message-format=json-render-diagnostics)
 }
 artifact() { # JSON_FILE TARGET_NAME KIND
     jq -r --arg n "$2" --arg k "$3" 'select(.reason == "compiler-artifact"
@@ -151,15 +172,17 @@ if [ "$NEED_HOST_BINARIES" = 1 ] && { [ -z "$SONDE" ] || [ -z "$TESTBIN" ]; }; t
         mkdir -p "$VMTARGET"
         t0=$(date +%s)
         if [ -z "$SONDE" ]; then
-            log "building static sonde (cargo build --release --features static --target $TARGET --bin sonde)"
-            static_cargo build --release --features static --target "$TARGET" --bin sonde \
+            log "building static sonde (. scripts/static-build-env.sh && cargo build --release --bin sonde)"
+            static_cargo build --release --bin sonde \
                 > "$VMTARGET/build-sonde.json" || die "cargo build of sonde failed" 3
             SONDE=$(artifact "$VMTARGET/build-sonde.json" sonde bin)
             [ -n "$SONDE" ] || die "no sonde executable in cargo's JSON output" 3
         fi
         if [ -z "$TESTBIN" ]; then
-            log "building static test binary (cargo test --release --features static --target $TARGET --test root --no-run)"
-            static_cargo test --release --features static --target "$TARGET" --test root --no-run \
+            # (the dev profile, as CI's: the test binary only drives the
+            # release sonde, and a release build of it costs minutes more)
+            log "building static test binary (. scripts/static-build-env.sh && cargo test --test root --no-run)"
+            static_cargo test --test root --no-run \
                 > "$VMTARGET/build-test.json" || die "cargo test --no-run of the root test failed" 3
             TESTBIN=$(artifact "$VMTARGET/build-test.json" root test)
             [ -n "$TESTBIN" ] || die "no 'root' test executable in cargo's JSON output" 3
@@ -248,8 +271,8 @@ arm64_binaries() {
         [ -n "$ARM64_SONDE" ] || die "no aarch64 sonde executable in cargo's JSON output" 3
     fi
     if [ -z "$ARM64_TESTBIN" ]; then
-        log "building static aarch64 test binary (cargo test --release --features static --target $ARM64_TARGET --test root --no-run)"
-        arm64_cargo test --release --features static --test root --no-run > "$VMTARGET/build-test-aarch64.json" ||
+        log "building static aarch64 test binary (cargo test --features static --target $ARM64_TARGET --test root --no-run)"
+        arm64_cargo test --features static --test root --no-run > "$VMTARGET/build-test-aarch64.json" ||
             die "cargo test --no-run of the root test for $ARM64_TARGET failed" 3
         ARM64_TESTBIN=$(artifact "$VMTARGET/build-test-aarch64.json" root test)
         [ -n "$ARM64_TESTBIN" ] || die "no aarch64 'root' test executable in cargo's JSON output" 3
@@ -299,105 +322,14 @@ if [ -n "$KERNELS" ]; then
     log "kernels ready in $(( $(date +%s) - t0 ))s"
 fi
 
-# ---------------------------------------------------------------- run
-# Per label, OUT/<label>/ gets output.txt, status (key=value) and for VMs the
-# console.log and qemu.log of run-in-vm.sh.
-LABELS=()
-run_vm() { # NAME
-    local name=$1 dir=$OUT/$1 rc=0
-    LABELS+=("$name")
-    rm -rf "$dir" "$dir".infra-*
-    mkdir -p "$dir"
-    if [ ! -s "$KDIR/$name/vmlinuz" ]; then
-        local why="${FETCH_FAILED:+ (fetch-kernels.sh failed)}"
-        [ ! -s "$KDIR/$name.error" ] || why=" ($(head -1 "$KDIR/$name.error"))"
-        printf 'result=infra\nexit=125\nreason=kernel image %s not available%s\n' "$KDIR/$name/vmlinuz" "$why" > "$dir/status"
-        : > "$dir/output.txt"
-        return
-    fi
-    if ! vm_arch_setup "$name"; then
-        printf 'result=infra\nexit=125\nreason=%s\nrelease=%s\nversion=%s\nhow=%s\n' "$VM_INFRA" \
-            "$(cat "$KDIR/$name/release")" "$(cat "$KDIR/$name/version")" "$VM_HOW" > "$dir/status"
-        : > "$dir/output.txt"
-        return
-    fi
-    local attempt=0 retried=""
-    while :; do
-        rc=0
-        log "== $name ($(cat "$KDIR/$name/release")): booting under $VM_HOW, MEM=$MEM SMP=$SMP ${VM_ARCH_ENV[*]}"
-        env "${VM_ARCH_ENV[@]}" VM_FILES="$VM_SONDE:/sonde $VM_TESTBIN:/testbin" VM_ENV="RUST_BACKTRACE RUST_LOG ${SONDE_VM_ENV:-}" \
-            VM_QUIET=1 "$HERE/run-in-vm.sh" "$KDIR/$name/vmlinuz" "$dir" -- \
-            env SONDE_BIN=/sonde "SONDE_KERNEL_LABEL=$name" /testbin --test-threads=1 "${TEST_ARGS[@]}" || rc=$?
-        if [ ! -f "$dir/status" ]; then   # run-in-vm.sh refused to start
-            printf 'result=infra\nexit=125\nreason=run-in-vm.sh failed before booting (exit %s)\n' "$rc" > "$dir/status"
-            touch "$dir/output.txt"
-            break
-        fi
-        # A VM that crashed or hung (not a test result) is booted once more:
-        # qemu 7.2's TCG rarely breaks a guest (see README). Reported, never hidden.
-        grep -q '^result=infra$' "$dir/status" || break
-        [ "$attempt" -lt "$RETRIES" ] || break
-        attempt=$((attempt + 1))
-        retried="$retried${retried:+; }$(sed -n 's/^reason=//p' "$dir/status")"
-        rm -rf "$dir.infra-$attempt"
-        mv "$dir" "$dir.infra-$attempt"
-        mkdir -p "$dir"
-        log "$name: INFRASTRUCTURE FAILURE, retrying ($attempt/$RETRIES); first attempt kept in $dir.infra-$attempt"
-    done
-    if [ -n "$retried" ]; then printf 'retried=%s\nretry_reasons=%s\n' "$attempt" "$retried" >> "$dir/status"; fi
-    # the guest reports its uname -r; if it never got that far, the fetched one
-    local release=""
-    grep -q '^release=.' "$dir/status" || release=$(cat "$KDIR/$name/release")
-    {
-        echo "version=$(cat "$KDIR/$name/version" 2>/dev/null || true)"
-        echo "how=$VM_HOW, ${SMP} vCPU, ${MEM} MiB"
-        [ -z "$release" ] || echo "release=$release"
-    } >> "$dir/status"
-}
-run_host() {
-    local release name dir rc=0 t0 work
-    release=$(uname -r)
-    name=host-$release
-    dir=$OUT/$name
-    LABELS+=("$name")
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    [ "$(id -u)" = 0 ] || log "WARNING: not root; the host run's root tests will fail or skip"
-    log "== $name: running natively"
-    work=$(mktemp -d "${TMPDIR:-/tmp}/sonde-host-run.XXXXXX")
-    t0=$(date +%s.%N)
-    # (bash -c: a test binary killed by a signal is reported in output.txt,
-    # not as a job message here)
-    SONDE_BIN=$SONDE SONDE_KERNEL_LABEL=$name bash -c 'cd "$1" && shift && "$@"; rc=$?; echo; exit "$rc"' \
-        sonde-host-run "$work" timeout -k 10 "$TIMEOUT" "$TESTBIN" --test-threads=1 "${TEST_ARGS[@]}" \
-        < /dev/null > "$dir/output.txt" 2>&1 || rc=$?
-    rm -rf "$work"
-    local wall
-    wall=$(awk -v s="$t0" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
-    {
-        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-            printf 'result=infra\nexit=125\nreason=timeout: host run did not finish within TIMEOUT=%ss\n' "$TIMEOUT"
-        else
-            printf 'result=exit\nexit=%s\nreason=\n' "$rc"
-        fi
-        echo "release=$release"
-        echo "version=$(uname -v)"
-        echo "wall_s=$wall"
-        echo "how=host, natively"
-    } > "$dir/status"
-    log "$name: exit=$rc wall=${wall}s"
-}
-
-for k in $KERNELS; do run_vm "$k"; done
-[ "$HOST" = 0 ] || run_host
-[ ${#LABELS[@]} -gt 0 ] || die "nothing to run (--kernels \"\" and --no-host)"
-
 # ---------------------------------------------------------------- parse
 # results.tsv: label, test, result (ok|FAILED|ignored|INCOMPLETE), reason
 # matrix.tsv:  label, probe, hook, result          (SONDE_MATRIX lines)
 # kernels.tsv: label, release, version, how, state (ok|FAILED|INFRA), summary, wall
-parse_output() { # LABEL DIR
-    awk -v label="$1" -v results="$OUT/results.tsv" -v matrix="$OUT/matrix.tsv" -v resfile="$2/result-line" '
+# parse_output LABEL DIR RESULTS MATRIX: appends DIR/output.txt's results
+# and SONDE_MATRIX lines; writes the libtest result line to DIR/result-line.
+parse_output() {
+    awk -v label="$1" -v results="$3" -v matrix="$4" -v resfile="$2/result-line" '
     function rec(name, res,   reason) {
         reason = ""
         # libtest: "ignored, <reason>"; libtest-mimic: "ignored (<reason>)"
@@ -446,6 +378,125 @@ parse_output() { # LABEL DIR
     }' "$2/output.txt"
 }
 
+# ---------------------------------------------------------------- run
+# Per label, OUT/<label>/ gets output.txt, status (key=value) and for VMs the
+# console.log and qemu.log of run-in-vm.sh.
+LABELS=()
+run_vm() { # NAME
+    local name=$1 dir=$OUT/$1 rc=0
+    LABELS+=("$name")
+    rm -rf "$dir" "$dir".infra-*
+    mkdir -p "$dir"
+    if [ ! -s "$KDIR/$name/vmlinuz" ]; then
+        local why="${FETCH_FAILED:+ (fetch-kernels.sh failed)}"
+        [ ! -s "$KDIR/$name.error" ] || why=" ($(head -1 "$KDIR/$name.error"))"
+        printf 'result=infra\nexit=125\nreason=kernel image %s not available%s\n' "$KDIR/$name/vmlinuz" "$why" > "$dir/status"
+        : > "$dir/output.txt"
+        return
+    fi
+    if ! vm_arch_setup "$name"; then
+        printf 'result=infra\nexit=125\nreason=%s\nrelease=%s\nversion=%s\nhow=%s\n' "$VM_INFRA" \
+            "$(cat "$KDIR/$name/release")" "$(cat "$KDIR/$name/version")" "$VM_HOW" > "$dir/status"
+        : > "$dir/output.txt"
+        return
+    fi
+    local attempt=0 retried="" skip=() acc=$OUT/$name.attempts
+    rm -rf "$acc"
+    mkdir -p "$acc"
+    while :; do
+        rc=0
+        log "== $name ($(cat "$KDIR/$name/release")): booting under $VM_HOW, MEM=$MEM SMP=$SMP ${VM_ARCH_ENV[*]}${skip[*]:+ (resuming: $(( ${#skip[@]} / 2 )) tests already finished)}"
+        env "${VM_ARCH_ENV[@]}" VM_FILES="$VM_SONDE:/sonde $VM_TESTBIN:/testbin" VM_ENV="RUST_BACKTRACE RUST_LOG ${SONDE_VM_ENV:-}" \
+            VM_QUIET=1 "$HERE/run-in-vm.sh" "$KDIR/$name/vmlinuz" "$dir" -- \
+            env SONDE_BIN=/sonde "SONDE_KERNEL_LABEL=$name" SONDE_ROOT_TESTS=kernel \
+            /testbin --test-threads=1 "${TEST_ARGS[@]}" "${skip[@]}" || rc=$?
+        if [ ! -f "$dir/status" ]; then   # run-in-vm.sh refused to start
+            printf 'result=infra\nexit=125\nreason=run-in-vm.sh failed before booting (exit %s)\n' "$rc" > "$dir/status"
+            touch "$dir/output.txt"
+            break
+        fi
+        # A VM that crashed or hung (not a test result) is booted again, up
+        # to RETRIES times: qemu's TCG rarely breaks a guest (see README).
+        # The new boot resumes: the tests that finished are skipped, and the
+        # one that was running when the guest broke runs again. Reported,
+        # never hidden.
+        grep -q '^result=infra$' "$dir/status" || break
+        [ "$attempt" -lt "$RETRIES" ] || break
+        attempt=$((attempt + 1))
+        retried="$retried${retried:+; }$(sed -n 's/^reason=//p' "$dir/status")"
+        rm -rf "$dir.infra-$attempt"
+        cp -a "$dir" "$dir.infra-$attempt"
+        cat "$dir/output.txt" >> "$acc/output.txt"
+        printf '\n' >> "$acc/output.txt"
+        : > "$acc/results.tsv"
+        parse_output "$name" "$acc" "$acc/results.tsv" /dev/null
+        # (the test binary's own arguments: a name filter then matches
+        # exactly, so resuming is only done for whole runs)
+        if [ ${#TEST_ARGS[@]} -eq 0 ]; then
+            skip=(--exact)
+            while IFS=$'\t' read -r _ t r _; do
+                case "$r" in ok|FAILED|ignored) skip+=(--skip "$t") ;; esac
+            done < "$acc/results.tsv"
+            [ ${#skip[@]} -gt 1 ] || skip=()
+        fi
+        log "$name: INFRASTRUCTURE FAILURE, booting again ($attempt/$RETRIES) to run what had not finished; this attempt kept in $dir.infra-$attempt"
+    done
+    # A resumed run's output: every attempt's, in order (a test re-run
+    # after a broken boot takes its result from the later attempt).
+    if [ -s "$acc/output.txt" ]; then
+        cat "$dir/output.txt" >> "$acc/output.txt"
+        mv "$acc/output.txt" "$dir/output.txt"
+        echo "resumed=1" >> "$dir/status"
+    fi
+    rm -rf "$acc"
+    if [ -n "$retried" ]; then printf 'retried=%s\nretry_reasons=%s\n' "$attempt" "$retried" >> "$dir/status"; fi
+    # the guest reports its uname -r; if it never got that far, the fetched one
+    local release=""
+    grep -q '^release=.' "$dir/status" || release=$(cat "$KDIR/$name/release")
+    {
+        echo "version=$(cat "$KDIR/$name/version" 2>/dev/null || true)"
+        echo "how=$VM_HOW, ${SMP} vCPU, ${MEM} MiB"
+        [ -z "$release" ] || echo "release=$release"
+    } >> "$dir/status"
+}
+run_host() {
+    local release name dir rc=0 t0 work
+    release=$(uname -r)
+    name=host-$release
+    dir=$OUT/$name
+    LABELS+=("$name")
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] || log "WARNING: not root; the host run's root tests will fail or skip"
+    log "== $name: running natively"
+    work=$(mktemp -d "${TMPDIR:-/tmp}/sonde-host-run.XXXXXX")
+    t0=$(date +%s.%N)
+    # (bash -c: a test binary killed by a signal is reported in output.txt,
+    # not as a job message here)
+    SONDE_BIN=$SONDE SONDE_KERNEL_LABEL=$name SONDE_ROOT_TESTS=all bash -c 'cd "$1" && shift && "$@"; rc=$?; echo; exit "$rc"' \
+        sonde-host-run "$work" timeout -k 10 "$TIMEOUT" "$TESTBIN" --test-threads=1 "${TEST_ARGS[@]}" \
+        < /dev/null > "$dir/output.txt" 2>&1 || rc=$?
+    rm -rf "$work"
+    local wall
+    wall=$(awk -v s="$t0" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    {
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+            printf 'result=infra\nexit=125\nreason=timeout: host run did not finish within TIMEOUT=%ss\n' "$TIMEOUT"
+        else
+            printf 'result=exit\nexit=%s\nreason=\n' "$rc"
+        fi
+        echo "release=$release"
+        echo "version=$(uname -v)"
+        echo "wall_s=$wall"
+        echo "how=host, natively"
+    } > "$dir/status"
+    log "$name: exit=$rc wall=${wall}s"
+}
+
+for k in $KERNELS; do run_vm "$k"; done
+[ "$HOST" = 0 ] || run_host
+[ ${#LABELS[@]} -gt 0 ] || die "nothing to run (--kernels \"\" and --no-host)"
+
 : > "$OUT/results.tsv"
 : > "$OUT/matrix.tsv"
 : > "$OUT/kernels.tsv"
@@ -453,7 +504,7 @@ ANY_FAILED=0 ANY_INFRA=0
 st() { local v; v=$(sed -n "s/^$1=//p" "$dir/status" | tail -1); echo "${v:--}"; }
 for label in "${LABELS[@]}"; do
     dir=$OUT/$label
-    parse_output "$label" "$dir"
+    parse_output "$label" "$dir" "$OUT/results.tsv" "$OUT/matrix.tsv"
     resline=$(cat "$dir/result-line")
     exit_code=$(st exit)
     nfail=$(awk -F'\t' -v l="$label" '$1 == l && $3 == "FAILED"' "$OUT/results.tsv" | wc -l)
@@ -470,8 +521,15 @@ for label in "${LABELS[@]}"; do
     # "ok. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s"
     summary=$(printf '%s' "$summary" | sed -E 's/^(ok|FAILED)\. //; s/; finished in.*//; s/; 0 measured//; s/; 0 filtered out//')
     retried=$(st retried)
-    [ "$retried" = - ] ||
-        summary="$summary [boot $((retried + 1)); earlier: infrastructure failure: $(st retry_reasons)]"
+    if [ "$retried" != - ]; then
+        # A resumed run's libtest line counts its last boot only: count
+        # every boot's results instead.
+        if [ "$state" != INFRA ]; then
+            summary=$(awk -F'\t' -v l="$label" '$1 == l { n[$3]++ }
+                END { printf "%d passed; %d failed; %d ignored", n["ok"], n["FAILED"], n["ignored"] }' "$OUT/results.tsv")
+        fi
+        summary="$summary [boots: $((retried + 1)), resumed after: infrastructure failure: $(st retry_reasons)]"
+    fi
     [ "$state" != FAILED ] || ANY_FAILED=1
     [ "$state" != INFRA ] || ANY_INFRA=1
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$(st release)" "$(st version)" "$(st how)" \
@@ -569,6 +627,7 @@ done < "$OUT/kernels.tsv"
 
 # ---------------------------------------------------------------- markdown
 if [ "$DOCS" = 1 ]; then
+    [ "$FULL" = 1 ] || BPF_INPUTS="(none: not a full run)"
     mkdir -p "$(dirname "$MD")"
     {
         echo "# Kernel test matrix"
@@ -579,9 +638,20 @@ if [ "$DOCS" = 1 ]; then
         if [ -n "$commit" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
             commit="$commit\` with uncommitted changes\`"
         fi
-        echo "Generated $(date -u '+%Y-%m-%d %H:%M UTC') by \`tests/vm/run-suite.sh\`${commit:+ at commit \`$commit\`}."
+        echo "Generated $(date -u '+%Y-%m-%d %H:%M UTC') by \`tests/vm/run-suite.sh --full\`${commit:+ at commit \`$commit\`}."
+        echo
+        echo "BPF inputs: sha256 \`$BPF_INPUTS\`"
+        echo
+        echo "That is the hash of the files that decide what the kernels see (\`tests/vm/bpf-inputs.sh --files\`"
+        echo "lists them: the BPF programs, \`vmlinux/\`, the build script, the Rust code that sizes, fills and"
+        echo "attaches programs and maps, and the libbpf in Cargo.lock). CI recomputes it on every run and fails"
+        echo "when it differs from the one above: a change to those files lands only with a full run of them."
+        echo "CI itself boots the oldest and newest x86 kernels (5.10 and 7.x) on every run."
+        echo
         echo "Each kernel ran the root test suite (\`cargo test --test root\`, static build) as root,"
         echo "with \`--test-threads=1\`: the Debian kernels in qemu (TCG) from an initramfs, the host natively."
+        echo "The tests that do not depend on the kernel (HTTP, web config, config errors) ran on the host only"
+        echo "(\`-\` in the VMs' columns)."
         echo
         echo "## Kernels"
         echo
@@ -604,6 +674,9 @@ if [ "$DOCS" = 1 ]; then
     log "wrote $MD"
 fi
 
+if [ "$FULL" = 1 ] && [ "$("$HERE/bpf-inputs.sh")" != "$BPF_INPUTS" ]; then
+    log "WARNING: the BPF inputs changed while the suite ran: the record is of the inputs at its start"
+fi
 log "results in $OUT; total $(( $(date +%s) - SUITE_START ))s"
 if [ "$ANY_FAILED" = 1 ]; then
     log "RESULT: TEST FAILURES (see the table above)"
