@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
-SONDE_CT_WORK=${SONDE_CT_WORK:-/var/tmp/sonde-container}
+SONDE_CT_WORK=${SONDE_CT_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/sonde-container}
 FORCE=${FORCE:-0}
 # shellcheck source=tests/container/podman-env.sh
 source tests/container/podman-env.sh

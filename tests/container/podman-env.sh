@@ -9,6 +9,10 @@
 #   limit, so the runtime's setrlimit fails. podman caps its own NPROC at
 #   32768.
 #
+# - storage of the harness's own under SONDE_CT_WORK (images, containers):
+#   the system's podman store is never touched, and what the harness keeps
+#   between runs (the locally made base image) is a cache in one place.
+#
 # Needs: SONDE_CT_WORK (a directory of the harness's own).
 
 podman_env() {
@@ -23,5 +27,12 @@ default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 [engine]
 runtime = "runc"
 CONF
+    cat > "$SONDE_CT_WORK/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$SONDE_CT_WORK/storage"
+runroot = "/run/sonde-ct-podman"
+CONF
     export CONTAINERS_CONF="$SONDE_CT_WORK/containers.conf"
+    export CONTAINERS_STORAGE_CONF="$SONDE_CT_WORK/storage.conf"
 }

@@ -38,13 +38,13 @@
 # cannot run (dockerd not starting: INFRA), and a summary; exits 1 on any FAIL.
 #
 # Env: SONDE_CT_WORK (kept between runs: containers.conf, docker's data root;
-# default /var/tmp/sonde-container), SONDE_CT_EXECS (N, default 7),
+# default ~/.cache/sonde-container), SONDE_CT_EXECS (N, default 7),
 # SONDE_IMAGE_BIN (the static sonde the image carries), SONDE_CT_FROM_SOURCE=1
 # (build the image from source with the README's build lines instead).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
-export SONDE_CT_WORK=${SONDE_CT_WORK:-/var/tmp/sonde-container}
+export SONDE_CT_WORK=${SONDE_CT_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/sonde-container}
 EXECS=${SONDE_CT_EXECS:-7}
 FROM_SOURCE=${SONDE_CT_FROM_SOURCE:-0}
 IMAGE_BIN=${SONDE_IMAGE_BIN:-$REPO/target/$(uname -m)-unknown-linux-gnu/release/sonde}
