@@ -160,6 +160,24 @@ int BPF_PROG(handle_switch, bool preempt, struct task_struct *prev, struct task_
 
 /* ---- tracepoint: switch-in notes the wait, switch-out counts it --------- */
 
+/* Marks task `pid` queued, keeping a wait noted at its switch-in and not
+ * yet counted: the wakeup tracepoints also report a task woken while it
+ * still runs (between setting a sleeping state and calling schedule(), as a
+ * futex or nanosleep wait does), after its switch-in noted a wait and before
+ * its switch-out counts it; replacing the whole entry would lose that wait.
+ * The lookup and update race with no switch of the task: the kernel reports
+ * the wakeup of a task in a run queue under that run queue's lock, which
+ * its switches hold too. */
+static __always_inline void tp_mark_queued(__u32 pid)
+{
+	struct queued q = { .since = bpf_ktime_get_ns() };
+	struct queued *old = bpf_map_lookup_elem(&queued, &pid);
+
+	if (old)
+		q.waited_ns = old->waited_ns;
+	bpf_map_update_elem(&queued, &pid, &q, BPF_ANY);
+}
+
 static __always_inline void tp_wakeup(__u32 pid, const char comm_in_ctx[TASK_COMM_LEN])
 {
 	char comm[TASK_COMM_LEN];
@@ -171,7 +189,7 @@ static __always_inline void tp_wakeup(__u32 pid, const char comm_in_ctx[TASK_COM
 		if (!comm_wanted(comm))
 			return;
 	}
-	mark_queued(pid);
+	tp_mark_queued(pid);
 }
 
 SEC("tracepoint/sched/sched_wakeup")
