@@ -19,6 +19,8 @@
 #   --no-host         do not run the suite natively on the host kernel
 #   --no-build        do not build; use SONDE_VM_BIN/SONDE_VM_TESTBIN or the
 #                     binaries recorded by the last build (target/vm/vm-binaries)
+#   --rerender        run nothing: parse the results in OUT again and print
+#                     (and with --docs or a --full record, write) the tables
 #   --docs            write the markdown matrix (--full does; a partial
 #                     matrix carries no BPF-inputs hash)
 #   --out DIR         per-kernel results (default target/vm/results)
@@ -67,13 +69,14 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
 ALL_KERNELS="debian-5.10 debian-6.1 debian-6.12 debian-7.x debian-arm64-6.1"
 KERNELS="debian-5.10 debian-7.x"
-HOST=1 BUILD=1 DOCS=0 FULL=0
+HOST=1 BUILD=1 DOCS=0 FULL=0 RERENDER=0
 OUT=$REPO/target/vm/results
 KDIR=${XDG_CACHE_HOME:-$HOME/.cache}/sonde-vm/kernels
 TEST_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1; shift ;;
+        --rerender) RERENDER=1; shift ;;
         --kernels) [ $# -ge 2 ] || usage; KERNELS=$2; shift 2 ;;
         --kernels=*) KERNELS=${1#*=}; shift ;;
         --no-host) HOST=0; shift ;;
@@ -111,7 +114,80 @@ export MEM=${MEM:-1024} SMP=${SMP:-2} TIMEOUT=${TIMEOUT:-600}
 export VM_EXT4_MB=${VM_EXT4_MB:-64}
 RETRIES=${SONDE_VM_RETRIES:-2}
 SUITE_START=$(date +%s)
+# The commit the suite runs (the markdown names it), taken at its start.
+RUN_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || true)
+if [ -n "$RUN_COMMIT" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    RUN_COMMIT="$RUN_COMMIT\` with uncommitted changes\`"
+fi
 
+# ---------------------------------------------------------------- parse
+# results.tsv: label, test, result (ok|FAILED|ignored|INCOMPLETE), reason
+# matrix.tsv:  label, probe, hook, result          (SONDE_MATRIX lines)
+# kernels.tsv: label, release, version, how, state (ok|FAILED|INFRA), summary, wall
+# parse_output LABEL DIR RESULTS MATRIX: appends DIR/output.txt's results
+# and SONDE_MATRIX lines; writes the libtest result line to DIR/result-line.
+parse_output() {
+    awk -v label="$1" -v results="$3" -v matrix="$4" -v resfile="$2/result-line" '
+    function rec(name, res,   reason) {
+        reason = ""
+        # libtest: "ignored, <reason>"; libtest-mimic: "ignored (<reason>)"
+        if (res ~ /^ignored, /) { reason = substr(res, 10); res = "ignored" }
+        else if (res ~ /^ignored \(.*\)$/) { reason = substr(res, 10, length(res) - 10); res = "ignored" }
+        # a reason that goes on over more lines (output of a command): its first line
+        else if (res ~ /^ignored \(/) { reason = substr(res, 10) " ..."; res = "ignored" }
+        if (!(name in result)) order[++n] = name
+        result[name] = res; why[name] = reason
+    }
+    function is_result(s) { return s ~ /^(ok|FAILED|ignored|ignored, .*|ignored \(.*)$/ }
+    {
+        line = $0
+        gsub(/\033\[[0-9;]*[A-Za-z]/, "", line)   # colour codes, if any
+        s = line
+        while (match(s, /SONDE_MATRIX probe=[^ \t]+ hook=[^ \t]+ result=[^ \t]+/)) {
+            split(substr(s, RSTART, RLENGTH), f, " ")
+            printf "%s\t%s\t%s\t%s\n", label, substr(f[2], 7), substr(f[3], 6), substr(f[4], 8) >> matrix
+            s = substr(s, RSTART + RLENGTH)
+        }
+        if (line ~ /^test result: /) { resultline = line; pending = ""; next }
+        if (line ~ /^failures:$/) { infail = 1; delete failed_list; next }
+        if (infail && line ~ /^    [^ ]/) { t = substr(line, 5); sub(/[ \t]+$/, "", t); failed_list[t] = 1; next }
+        if (infail && line !~ /^$/ && line !~ /^----/) infail = 0
+        if (substr(line, 1, 5) == "test " && (i = index(line, " ... ")) > 0) {
+            if (pending != "") rec(pending, "UNPARSED")
+            # (libtest-mimic pads names to align the "...")
+            name = substr(line, 6, i - 6); sub(/[ \t]+$/, "", name); rest = substr(line, i + 5)
+            pending = ""
+            sub(/[ \t]+$/, "", rest)
+            if (is_result(rest)) rec(name, rest)
+            else if (rest !~ /^bench:/) pending = name
+            next
+        }
+        sub(/[ \t]+$/, "", line)
+        if (pending != "" && is_result(line)) { rec(pending, line); pending = "" }
+    }
+    END {
+        if (pending != "") rec(pending, "UNPARSED")
+        for (k = 1; k <= n; k++) {
+            t = order[k]; r = result[t]
+            # A result hidden by interleaved output: the final failures list
+            # and the result line tell (ignored tests never interleave).
+            if (r == "UNPARSED") r = (t in failed_list) ? "FAILED" : (resultline != "" ? "ok" : "INCOMPLETE")
+            printf "%s\t%s\t%s\t%s\n", label, t, r, why[t] >> results
+        }
+        print resultline > resfile
+    }' "$2/output.txt"
+}
+
+if [ "$RERENDER" = 1 ]; then
+    # What the run left: its labels in table order, and whether it was a
+    # full run (and of which BPF inputs).
+    [ -s "$OUT/labels" ] || die "--rerender: no $OUT/labels (the results of a run of this script)"
+    mapfile -t LABELS < "$OUT/labels"
+    FULL=$(sed -n 's/^full=//p' "$OUT/record" 2>/dev/null)
+    BPF_INPUTS=$(sed -n 's/^bpf_inputs=//p' "$OUT/record" 2>/dev/null)
+    RUN_COMMIT=$(sed -n 's/^commit=//p' "$OUT/record" 2>/dev/null)
+    [ "${FULL:-0}" = 0 ] || DOCS=1
+else
 # ---------------------------------------------------------------- packages
 # Installs the missing ones; if that is not possible, prints why and fails.
 install_packages() {
@@ -322,62 +398,6 @@ if [ -n "$KERNELS" ]; then
     log "kernels ready in $(( $(date +%s) - t0 ))s"
 fi
 
-# ---------------------------------------------------------------- parse
-# results.tsv: label, test, result (ok|FAILED|ignored|INCOMPLETE), reason
-# matrix.tsv:  label, probe, hook, result          (SONDE_MATRIX lines)
-# kernels.tsv: label, release, version, how, state (ok|FAILED|INFRA), summary, wall
-# parse_output LABEL DIR RESULTS MATRIX: appends DIR/output.txt's results
-# and SONDE_MATRIX lines; writes the libtest result line to DIR/result-line.
-parse_output() {
-    awk -v label="$1" -v results="$3" -v matrix="$4" -v resfile="$2/result-line" '
-    function rec(name, res,   reason) {
-        reason = ""
-        # libtest: "ignored, <reason>"; libtest-mimic: "ignored (<reason>)"
-        if (res ~ /^ignored, /) { reason = substr(res, 10); res = "ignored" }
-        else if (res ~ /^ignored \(.*\)$/) { reason = substr(res, 10, length(res) - 10); res = "ignored" }
-        if (!(name in result)) order[++n] = name
-        result[name] = res; why[name] = reason
-    }
-    function is_result(s) { return s ~ /^(ok|FAILED|ignored|ignored, .*|ignored \(.*\))$/ }
-    {
-        line = $0
-        gsub(/\033\[[0-9;]*[A-Za-z]/, "", line)   # colour codes, if any
-        s = line
-        while (match(s, /SONDE_MATRIX probe=[^ \t]+ hook=[^ \t]+ result=[^ \t]+/)) {
-            split(substr(s, RSTART, RLENGTH), f, " ")
-            printf "%s\t%s\t%s\t%s\n", label, substr(f[2], 7), substr(f[3], 6), substr(f[4], 8) >> matrix
-            s = substr(s, RSTART + RLENGTH)
-        }
-        if (line ~ /^test result: /) { resultline = line; pending = ""; next }
-        if (line ~ /^failures:$/) { infail = 1; delete failed_list; next }
-        if (infail && line ~ /^    [^ ]/) { t = substr(line, 5); sub(/[ \t]+$/, "", t); failed_list[t] = 1; next }
-        if (infail && line !~ /^$/ && line !~ /^----/) infail = 0
-        if (substr(line, 1, 5) == "test " && (i = index(line, " ... ")) > 0) {
-            if (pending != "") rec(pending, "UNPARSED")
-            # (libtest-mimic pads names to align the "...")
-            name = substr(line, 6, i - 6); sub(/[ \t]+$/, "", name); rest = substr(line, i + 5)
-            pending = ""
-            sub(/[ \t]+$/, "", rest)
-            if (is_result(rest)) rec(name, rest)
-            else if (rest !~ /^bench:/) pending = name
-            next
-        }
-        sub(/[ \t]+$/, "", line)
-        if (pending != "" && is_result(line)) { rec(pending, line); pending = "" }
-    }
-    END {
-        if (pending != "") rec(pending, "UNPARSED")
-        for (k = 1; k <= n; k++) {
-            t = order[k]; r = result[t]
-            # A result hidden by interleaved output: the final failures list
-            # and the result line tell (ignored tests never interleave).
-            if (r == "UNPARSED") r = (t in failed_list) ? "FAILED" : (resultline != "" ? "ok" : "INCOMPLETE")
-            printf "%s\t%s\t%s\t%s\n", label, t, r, why[t] >> results
-        }
-        print resultline > resfile
-    }' "$2/output.txt"
-}
-
 # ---------------------------------------------------------------- run
 # Per label, OUT/<label>/ gets output.txt, status (key=value) and for VMs the
 # console.log and qemu.log of run-in-vm.sh.
@@ -499,6 +519,9 @@ run_host() {
 for k in $KERNELS; do run_vm "$k"; done
 [ "$HOST" = 0 ] || LABELS=("${LABELS[@]:1}" "${LABELS[0]}")
 [ ${#LABELS[@]} -gt 0 ] || die "nothing to run (--kernels \"\" and --no-host)"
+printf '%s\n' "${LABELS[@]}" > "$OUT/labels"
+printf 'full=%s\nbpf_inputs=%s\ncommit=%s\n' "$FULL" "${BPF_INPUTS:-}" "$RUN_COMMIT" > "$OUT/record"
+fi
 
 : > "$OUT/results.tsv"
 : > "$OUT/matrix.tsv"
@@ -637,10 +660,7 @@ if [ "$DOCS" = 1 ]; then
         echo
         echo "<!-- Generated by tests/vm/run-suite.sh; do not edit by hand, re-run the suite. -->"
         echo
-        commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || true)
-        if [ -n "$commit" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-            commit="$commit\` with uncommitted changes\`"
-        fi
+        commit=$RUN_COMMIT
         echo "Generated $(date -u '+%Y-%m-%d %H:%M UTC') by \`tests/vm/run-suite.sh --full\`${commit:+ at commit \`$commit\`}."
         echo
         echo "BPF inputs: sha256 \`$BPF_INPUTS\`"
