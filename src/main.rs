@@ -31,9 +31,17 @@ const EXIT_BAD_INPUT: u8 = 2;
 #[command(name = "sonde", version, about = "eBPF probes in the Linux kernel, exported as Prometheus metrics")]
 struct Cli {
     /// error, warn, info, debug or trace (RUST_LOG, if set, takes precedence)
-    #[arg(long, global = true, default_value = "info", env = "SONDE_LOG_LEVEL")]
+    #[arg(long, global = true, visible_alias = "log.level", default_value = "info", env = "SONDE_LOG_LEVEL")]
     log_level: String,
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SONDE_LOG_FORMAT")]
+    /// text or json (`--log.format`, the exporters' spelling, works too)
+    #[arg(
+        long,
+        global = true,
+        visible_alias = "log.format",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "SONDE_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -145,12 +153,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to standard error at `level`, unless RUST_LOG says otherwise.
+/// Logs to standard error at `level`, unless RUST_LOG says otherwise. Colour
+/// only on a terminal: `docker logs`, journald and files get plain text.
 fn init_logging(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -141,9 +141,13 @@ fn strict_mode() -> Result<(), Failed> {
     let before = kernel::baseline_programs();
     let port = crate::agent::free_port();
     let config = ConfigFile::new(&format!("listen: \"127.0.0.1:{port}\"\nprobes:\n  exec: {{}}\n  vfs_io: {{}}\n"));
-    let out = sonde(&["run", "--strict", "--config", &config.path.display().to_string()]);
+    // (the exporters' spellings of the log flags; stderr is a pipe here)
+    let path = config.path.display().to_string();
+    let out = sonde(&["run", "--strict", "--log.level", "debug", "--log.format", "text", "--config", &path]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     expect(out.status.code() == Some(1), format!("exit {:?}, want 1", out.status))?;
     expect(stderr.contains("strict mode") && stderr.contains("vfs_io"), format!("stderr: {stderr}"))?;
+    expect(stderr.contains("DEBUG"), format!("--log.level debug: no DEBUG line in {stderr}"))?;
+    expect(!stderr.contains('\x1b'), format!("colour codes in logs to a pipe: {stderr:?}"))?;
     expect(kernel::sonde_programs_become(before) == before, "strict failure must detach everything")
 }
