@@ -147,8 +147,7 @@ impl SwitchIns {
             })
             .expect("spawn named thread");
         let tid = tid_rx.recv().map_err(|_| "the named thread ended early")?;
-        let reported = || Self::stable(agent);
-        let (runs0, seen0) = (Self::parked_run_count(tid)?, reported());
+        let (runs0, seen0) = (Self::parked_run_count(tid)?, Self::stable(agent));
         go_tx.send(()).map_err(|_| "the named thread ended early")?;
         done_rx.recv().map_err(|_| "the named thread panicked")?;
         let runs = Self::parked_run_count(tid)? - runs0;

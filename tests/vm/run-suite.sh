@@ -466,7 +466,6 @@ run_vm() { # NAME
     if [ -s "$acc/output.txt" ]; then
         cat "$dir/output.txt" >> "$acc/output.txt"
         mv "$acc/output.txt" "$dir/output.txt"
-        echo "resumed=1" >> "$dir/status"
     fi
     rm -rf "$acc"
     if [ -n "$retried" ]; then printf 'retried=%s\nretry_reasons=%s\n' "$attempt" "$retried" >> "$dir/status"; fi
